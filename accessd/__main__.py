@@ -1,0 +1,3 @@
+from accessd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""Append-only audit log: one JSON line per decision, on disk before any hook runs.
+
+Each record is written with a single write(), flushed and fsynced, so a crash
+or `kill -9` leaves at worst a missing last line, never a half-written one
+mixed into the next. Snapshots (optional) are JPEGs of the face's crop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+import cv2
+
+from accessd.types import Decision, Image
+
+log = logging.getLogger(__name__)
+
+
+class AuditError(OSError):
+    pass
+
+
+class AuditLog:
+    def __init__(self, path: Path, snapshots_dir: Path | None = None) -> None:
+        self.path = path
+        self.snapshots_dir = snapshots_dir
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if snapshots_dir is not None:
+                snapshots_dir.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        except OSError as exc:
+            raise AuditError(f"audit log {path}: {exc.strerror or exc}") from exc
+
+    def snapshot(self, decision: Decision, crop: Image | None) -> str | None:
+        if self.snapshots_dir is None or crop is None:
+            return None
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
+        path = self.snapshots_dir / f"{stamp}-{decision.outcome.value}-f{decision.frame}.jpg"
+        if not cv2.imwrite(str(path), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)):
+            log.warning("could not write snapshot %s", path)
+            return None
+        return str(path)
+
+    def append(self, decision: Decision) -> dict[str, object]:
+        record = {"ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), **decision.to_record()}
+        line = (json.dumps(record, sort_keys=False) + "\n").encode()
+        with self._lock:
+            try:
+                written = os.write(self._fd, line)
+                if written != len(line):
+                    raise AuditError(f"audit log {self.path}: short write ({written} of {len(line)} bytes)")
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise AuditError(f"audit log {self.path}: {exc.strerror or exc}") from exc
+        return record
+
+    def close(self) -> None:
+        with self._lock:
+            os.close(self._fd)

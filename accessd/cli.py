@@ -1,0 +1,151 @@
+"""Command line: accessd run | verify | enroll | bench | check-config."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import threading
+from pathlib import Path
+
+from accessd.config import Config, ConfigError, load_config
+
+log = logging.getLogger("accessd")
+
+EXIT_CONFIG = 2
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=Path("config.yaml"),
+                   help="config file (default: ./config.yaml)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="accessd", description="Face-verification access control daemon.")
+    parser.add_argument("--log-level", help="override log_level from the config")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the door loop")
+    _config_arg(run)
+    run.add_argument("--source", help="camera index, video file or stream URL (overrides source.uri)")
+    run.add_argument("--gallery", type=Path, help="gallery folder (overrides gallery.dir)")
+    run.add_argument("--audit-log", type=Path, help="audit log path (overrides audit.path)")
+    run.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: no limit)")
+
+    verify = sub.add_parser("verify", help="score two photos of faces")
+    _config_arg(verify)
+    verify.add_argument("image1", type=Path)
+    verify.add_argument("image2", type=Path)
+
+    enroll = sub.add_parser("enroll", help="inspect the enrolled gallery")
+    _config_arg(enroll)
+    enroll.add_argument("--list", action="store_true", required=True, help="list people and usable photos")
+    enroll.add_argument("--gallery", type=Path)
+
+    bench = sub.add_parser("bench", help="measure frames/s and latency against gallery sizes")
+    _config_arg(bench)
+    bench.add_argument("--json", action="store_true")
+    bench.add_argument("--sizes", default="10,100,1000")
+    bench.add_argument("--frames", type=int, default=200)
+
+    check = sub.add_parser("check-config", help="validate the config and exit 0, or 2 listing every problem")
+    _config_arg(check)
+    return parser
+
+
+def _load(path: Path) -> Config:
+    # A missing default config.yaml means "use the defaults"; a named missing one is an error.
+    if path == Path("config.yaml") and not path.exists():
+        return load_config(None)
+    return load_config(path)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(f"{args.config}: {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    _setup_logging(args.log_level or config.log_level)
+    if args.command == "check-config":
+        print(f"{args.config}: ok")
+        return 0
+    if args.command == "run":
+        return _run(config, args)
+    if args.command == "verify":
+        return _verify(config, args)
+    if args.command == "enroll":
+        return _enroll(config, args)
+    if args.command == "bench":
+        from accessd.bench import run_bench
+
+        return run_bench(config, [int(s) for s in args.sizes.split(",")], args.frames, args.json)
+    return 1
+
+
+def _run(config: Config, args: argparse.Namespace) -> int:
+    from accessd.daemon import Daemon, install_signal_handlers
+    from accessd.detector import DetectorError
+    from accessd.model import ModelError
+
+    if args.gallery:
+        config = dataclasses.replace(config, gallery=dataclasses.replace(config.gallery, dir=args.gallery))
+    if args.audit_log:
+        config = dataclasses.replace(config, audit=dataclasses.replace(config.audit, path=args.audit_log))
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    try:
+        daemon = Daemon(config, args.source)
+    except (ModelError, DetectorError, ConfigError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return daemon.run(stop, args.max_frames)
+
+
+def _verify(config: Config, args: argparse.Namespace) -> int:
+    from accessd.align import largest
+    from accessd.imageio import ImageError, read_image
+    from accessd.pipeline import Pipeline
+
+    pipeline = Pipeline(config)
+    crops = []
+    for path in (args.image1, args.image2):
+        try:
+            image = read_image(path)
+        except ImageError as exc:
+            log.error("%s", exc)
+            return EXIT_CONFIG
+        face = largest(pipeline.detector.detect(image))
+        if face is None:
+            log.error("%s: no face found", path)
+            return EXIT_CONFIG
+        crops.append(pipeline.crop(image, face))
+    score = pipeline.model.score_pair(crops[0], crops[1])
+    match = score > pipeline.thresholds.detection
+    print(json.dumps({"score": round(score, 6), "match": match, "threshold": pipeline.thresholds.detection}))
+    return 0 if match else 1
+
+
+def _enroll(config: Config, args: argparse.Namespace) -> int:
+    from accessd.pipeline import Pipeline
+
+    pipeline = Pipeline(config)
+    gallery = pipeline.load_gallery(args.gallery)
+    for person, count in gallery.counts().items():
+        print(f"{person}\t{count}")
+    for skipped in gallery.skipped:
+        print(f"# skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+    return 0

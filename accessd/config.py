@@ -1,0 +1,275 @@
+"""The one place config keys, types and defaults live.
+
+`load_config` turns `config.yaml` into frozen dataclasses. Every problem is
+collected (not just the first) and names its dotted key and the bad value, so
+`accessd check-config` can list them all. Relative paths are resolved against
+the config file's folder, so the service behaves the same from any cwd.
+Secrets never come from YAML: they are read from files in
+`$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`), named by the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; `problems` lists one message per bad key."""
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    # Camera index ("0"), video file path, or rtsp:// / http:// URL.
+    uri: str = "0"
+    width: int = 0  # requested capture size for cameras; 0 keeps the camera's default
+    height: int = 0
+    reconnect_initial_s: float = 0.5
+    reconnect_max_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    # full_range finds faces of ~95 px in a 1280x720 frame (a person 1-2 m from a
+    # door camera); short_range misses most of them and suits selfie distance.
+    model: Literal["full_range", "short_range"] = "full_range"
+    models_dir: Path = Path("models/detector")
+    min_confidence: float = 0.6
+    max_faces: int = 4  # the largest faces are verified; more in one frame are ignored
+    min_face_px: int = 40  # smaller faces are too far away to verify reliably
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: Path = Path("models/accessd-compact.onnx")
+    providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    threads: int = 0  # ONNX Runtime intra-op threads; 0 lets it pick
+
+
+@dataclass(frozen=True)
+class GalleryConfig:
+    dir: Path = Path("verification_images")
+    # Owner of photos placed directly in `dir` instead of a person's sub-folder.
+    default_person: str = "owner"
+
+
+@dataclass(frozen=True)
+class DecisionConfig:
+    # A (face, photo) pair matches when its score is above this; null takes the
+    # threshold stored in the model file at export.
+    detection_threshold: float | None = None
+    # A person is verified when the fraction of their photos that match is above this.
+    verification_threshold: float = 0.5
+    # The best person's ratio must beat the runner-up's by this much (look-alikes are denied).
+    margin: float = 0.2
+    confirm_frames: int = 3  # K: frames that must agree ...
+    confirm_window: int = 5  # ... among the last N frames with a face
+    grant_cooldown_s: float = 5.0
+    deny_interval_s: float = 10.0  # at most one deny event per interval
+
+
+@dataclass(frozen=True)
+class HookConfig:
+    argv: tuple[str, ...] = ()
+    on: tuple[Literal["grant", "deny"], ...] = ("grant",)
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str = ""
+    on: tuple[Literal["grant", "deny"], ...] = ("grant", "deny")
+    timeout_s: float = 3.0
+    retries: int = 2
+    # Name of a file in $CREDENTIALS_DIRECTORY holding a bearer token.
+    token_credential: str | None = None
+
+
+@dataclass(frozen=True)
+class ActionsConfig:
+    hooks: tuple[HookConfig, ...] = ()
+    webhooks: tuple[WebhookConfig, ...] = ()
+    max_concurrent: int = 4
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    path: Path = Path("state/audit.jsonl")
+    snapshots_dir: Path | None = None  # a JPEG of the face per decision when set
+
+
+@dataclass(frozen=True)
+class Config:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    gallery: GalleryConfig = field(default_factory=GalleryConfig)
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
+    actions: ActionsConfig = field(default_factory=ActionsConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    state_dir: Path = Path("state")  # caches (gallery embeddings)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+# Keys whose values must lie in [0, 1].
+_UNIT_INTERVAL = {
+    "detector.min_confidence",
+    "decision.detection_threshold",
+    "decision.verification_threshold",
+    "decision.margin",
+}
+
+
+def _convert(tp: Any, value: Any, key: str, problems: list[str], base: Path) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, key, problems, base)
+    if origin is Literal:
+        if value not in args:
+            problems.append(f"{key}: must be one of {', '.join(map(str, args))} (got {value!r})")
+        return value
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            problems.append(f"{key}: must be a list (got {value!r})")
+            return ()
+        return tuple(_convert(args[0], v, f"{key}[{i}]", problems, base) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key, problems, base)
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{key}: must be true or false (got {value!r})")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{key}: must be an integer (got {value!r})")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(f"{key}: must be a number (got {value!r})")
+            return value
+        return float(value)
+    if tp is str:
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            problems.append(f"{key}: must be a string (got {value!r})")
+            return value
+        return str(value)
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            problems.append(f"{key}: must be a path (got {value!r})")
+            return Path(".")
+        path = Path(os.path.expanduser(value))
+        return path if path.is_absolute() else base / path
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def _build(cls: Any, data: Any, prefix: str, problems: list[str], base: Path) -> Any:
+    where = prefix or "top level"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(f"{where}: must be a mapping (got {data!r})")
+        data = {}
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for unknown in sorted(set(data) - names, key=str):
+        problems.append(f"{prefix + '.' if prefix else ''}{unknown}: unknown key")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name in data:
+            value = _convert(hints[f.name], data[f.name], key, problems, base)
+        elif dataclasses.is_dataclass(hints[f.name]):
+            value = _build(hints[f.name], {}, key, problems, base)
+        else:
+            value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if isinstance(value, Path) and not value.is_absolute():
+                value = base / value
+        if key in _UNIT_INTERVAL and isinstance(value, float) and not 0.0 <= value <= 1.0:
+            problems.append(f"{key}: must be between 0 and 1 (got {value!r})")
+        kwargs[f.name] = value
+    obj = cls(**kwargs)
+    _check_ranges(obj, prefix, problems)
+    return obj
+
+
+def _check_ranges(obj: Any, prefix: str, problems: list[str]) -> None:
+    def key(name: str) -> str:
+        return f"{prefix}.{name}" if prefix else name
+
+    if isinstance(obj, DecisionConfig):
+        if isinstance(obj.confirm_frames, int) and obj.confirm_frames < 1:
+            problems.append(f"{key('confirm_frames')}: must be at least 1 (got {obj.confirm_frames!r})")
+        if (
+            isinstance(obj.confirm_frames, int)
+            and isinstance(obj.confirm_window, int)
+            and obj.confirm_window < obj.confirm_frames
+        ):
+            problems.append(
+                f"{key('confirm_window')}: must be at least confirm_frames (got {obj.confirm_window!r})"
+            )
+    if isinstance(obj, HookConfig) and not obj.argv:
+        problems.append(f"{key('argv')}: must name a command (got {list(obj.argv)!r})")
+    if isinstance(obj, WebhookConfig) and not str(obj.url).startswith(("http://", "https://")):
+        problems.append(f"{key('url')}: must be an http:// or https:// URL (got {obj.url!r})")
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if (
+            f.name.endswith(("_s", "timeout_s"))
+            and isinstance(value, float)
+            and value < 0
+        ):
+            problems.append(f"{key(f.name)}: must not be negative (got {value!r})")
+
+
+def parse_config(data: Any, base: Path, source: str = "config") -> Config:
+    problems: list[str] = []
+    config = _build(Config, data, "", problems, base)
+    if problems:
+        raise ConfigError(problems, source)
+    return typing.cast(Config, config)
+
+
+def load_config(path: Path | None) -> Config:
+    """Load and validate `path`; None gives the defaults relative to the cwd."""
+    if path is None:
+        return parse_config({}, Path.cwd())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read {path}: {exc.strerror or exc}"], str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path} is not UTF-8 text"], str(path)) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}".replace("\n", " ")], str(path)) from exc
+    if data is None:
+        data = {}
+    return parse_config(data, path.resolve().parent, str(path))
+
+
+def read_credential(name: str) -> str:
+    """A secret from `$CREDENTIALS_DIRECTORY/<name>` (systemd LoadCredential=)."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise ConfigError([f"credential {name!r} needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)"])
+    path = Path(directory) / name
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError([f"credential {name!r}: cannot read {path}: {exc.strerror or exc}"]) from exc

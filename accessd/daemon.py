@@ -1,0 +1,161 @@
+"""The live loop: source -> detector -> verifier -> decision -> actions.
+
+Failure policy (fail closed): anything that goes wrong on a frame (decode,
+detector, model, gallery) yields no grant. It is logged, counted in
+`errors`, and the loop goes on with its last good model and gallery.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from accessd.actions import Actions
+from accessd.audit import AuditError, AuditLog
+from accessd.config import Config
+from accessd.decide import DecisionMaker
+from accessd.gallery import Gallery
+from accessd.pipeline import Pipeline
+from accessd.source import FrameSource, open_source
+from accessd.types import Decision, Frame, Outcome
+
+log = logging.getLogger(__name__)
+
+GALLERY_POLL_S = 1.0
+
+
+@dataclass
+class Stats:
+    frames: int = 0
+    faces: int = 0
+    errors: int = 0
+    decisions: dict[str, int] = field(default_factory=lambda: {o.value: 0 for o in Outcome})
+    started: float = field(default_factory=time.monotonic)
+
+    def fps(self) -> float:
+        return self.frames / max(time.monotonic() - self.started, 1e-9)
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s; stopping after the current frame", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def gallery_signature(root: Path) -> tuple[tuple[str, int, int], ...]:
+    """Names, sizes and mtimes of everything under the gallery: cheap to poll, changes on any edit."""
+    out = []
+    try:
+        for entry in sorted(root.rglob("*")):
+            try:
+                st = entry.stat()
+            except OSError:
+                continue
+            out.append((str(entry), st.st_size, st.st_mtime_ns))
+    except OSError:
+        pass
+    return tuple(out)
+
+
+class Daemon:
+    def __init__(self, config: Config, source_uri: str | None = None) -> None:
+        self.config = config
+        self.source_uri = source_uri or config.source.uri
+        self.pipeline = Pipeline(config)
+        self.gallery: Gallery = self.pipeline.load_gallery()
+        self._gallery_sig = gallery_signature(config.gallery.dir)
+        self._next_gallery_poll = time.monotonic() + GALLERY_POLL_S
+        self.audit = AuditLog(config.audit.path, config.audit.snapshots_dir)
+        self.actions = Actions(config.actions)
+        self.stats = Stats()
+
+    def run(self, stop: threading.Event, max_frames: int = 0) -> int:
+        try:
+            source = open_source(self.source_uri, self.config.source, stop)
+        except OSError as exc:
+            log.error("%s", exc)
+            return 1
+        decider = DecisionMaker(self.config.decision, source.name)
+        log.info("running on %s with %d enrolled photos of %d people",
+                 source.name, len(self.gallery), len(self.gallery.people))
+        try:
+            while not stop.is_set():
+                if max_frames and self.stats.frames >= max_frames:
+                    break
+                frame = source.read(timeout=0.5)
+                if frame is None:
+                    if source.finished:
+                        break
+                    continue
+                self._maybe_reload_gallery()
+                self._process(frame, decider, source)
+        finally:
+            source.close()
+            self.actions.close(wait=True)
+            self.audit.close()
+            self.pipeline.close()
+        log.info("stopped after %d frames (%.1f frames/s), %d errors, decisions %s",
+                 self.stats.frames, self.stats.fps(), self.stats.errors, self.stats.decisions)
+        return 0
+
+    def _process(self, frame: Frame, decider: DecisionMaker, source: FrameSource) -> None:
+        self.stats.frames += 1
+        try:
+            analysis = self.pipeline.analyse(frame.image, self.gallery)
+        except Exception:  # noqa: BLE001 - fail closed: a broken frame is never a grant
+            self.stats.errors += 1
+            log.exception("frame %d: analysis failed; no decision for this frame", frame.index)
+            decider.update(frame.index, frame.ts, [])
+            return
+        self.stats.faces += len(analysis.faces)
+        decision = decider.update(frame.index, frame.ts, analysis.results)
+        if decision is None:
+            return
+        crop = None
+        for face, c in zip(analysis.faces, analysis.crops, strict=True):
+            if any(r.face is face for r in analysis.results):
+                crop = c
+                break
+        self._act(decision, crop)
+
+    def _act(self, decision: Decision, crop: object) -> None:
+        snapshot = self.audit.snapshot(decision, crop)  # type: ignore[arg-type]
+        if snapshot:
+            decision = Decision(**{**decision.__dict__, "snapshot": snapshot})
+        try:
+            record = self.audit.append(decision)
+        except AuditError as exc:
+            self.stats.errors += 1
+            # Nothing unrecorded may open the door: without an audit record, no grant hook runs.
+            log.error("%s; decision %s not recorded, actions withheld", exc, decision.outcome.value)
+            return
+        self.stats.decisions[decision.outcome.value] += 1
+        log.info(
+            "decision=%s person=%s score=%.3f ratio=%.2f frame=%d source=%s reason=%s",
+            decision.outcome.value, decision.person or "-", decision.score, decision.ratio,
+            decision.frame, decision.source, decision.reason,
+        )
+        self.actions.fire(decision, record)
+
+    def _maybe_reload_gallery(self) -> None:
+        now = time.monotonic()
+        if now < self._next_gallery_poll:
+            return
+        self._next_gallery_poll = now + GALLERY_POLL_S
+        sig = gallery_signature(self.config.gallery.dir)
+        if sig == self._gallery_sig:
+            return
+        self._gallery_sig = sig
+        try:
+            self.gallery = self.pipeline.load_gallery()
+        except Exception:  # noqa: BLE001 - keep the last good gallery
+            self.stats.errors += 1
+            log.exception("gallery reload failed; keeping the previous gallery")

@@ -1,0 +1,133 @@
+"""From pair scores to door decisions.
+
+`score_faces` applies the two thresholds of the Siamese-verification recipe
+per face: a (face, photo) pair matches when its score is above
+`detection_threshold`; a person is verified when the fraction of their photos
+that match (`ratio`) is above `verification_threshold`, and only with
+`margin` over the runner-up, so a look-alike of two enrolled people is denied
+rather than confused.
+
+`DecisionMaker` turns per-frame results into events a door can act on: a grant
+needs the same person in K of the last N frames with a face; after a grant
+there is a cooldown; denies are rate-limited so someone standing at the door
+does not fire a hundred of them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from accessd.config import DecisionConfig
+from accessd.gallery import Gallery
+from accessd.types import Decision, Face, FaceResult, Floats, Outcome, PersonScore
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    detection: float
+    verification: float
+    margin: float
+
+
+def score_faces(faces: list[Face], scores: Floats, gallery: Gallery, t: Thresholds) -> list[FaceResult]:
+    """One FaceResult per face from its row of pair scores against the whole gallery."""
+    results = []
+    n_people = len(gallery.people)
+    photos = np.bincount(gallery.person_of, minlength=n_people).astype(np.float64)
+    for face, row in zip(faces, scores, strict=True):
+        if n_people == 0:
+            results.append(FaceResult(face, (), None))
+            continue
+        matched = np.bincount(gallery.person_of, weights=(row > t.detection), minlength=n_people)
+        total = np.bincount(gallery.person_of, weights=row.astype(np.float64), minlength=n_people)
+        ratios = matched / photos
+        means = total / photos
+        order = np.lexsort((-means, -ratios))
+        people = tuple(
+            PersonScore(gallery.people[i], float(ratios[i]), float(means[i]), int(photos[i])) for i in order
+        )
+        best = people[0]
+        runner_up = people[1].ratio if len(people) > 1 else 0.0
+        verified = best.ratio > t.verification and best.ratio - runner_up >= t.margin
+        results.append(FaceResult(face, people, best.person if verified else None))
+    return results
+
+
+@dataclass(frozen=True)
+class _Seen:
+    person: str | None  # the verified person, or None for an unknown face
+    result: FaceResult
+
+
+class DecisionMaker:
+    def __init__(self, config: DecisionConfig, source: str) -> None:
+        self.config = config
+        self.source = source
+        self._history: deque[_Seen | None] = deque(maxlen=config.confirm_window)
+        self._grant_after = float("-inf")
+        self._deny_after = float("-inf")
+
+    def update(self, frame: int, ts: float, results: list[FaceResult]) -> Decision | None:
+        """Feed one frame's face results; return a decision when one is due."""
+        self._history.append(self._pick(results))
+        seen = [s for s in self._history if s is not None]
+        if not seen:
+            return None
+        k = self.config.confirm_frames
+        people = [s.person for s in seen if s.person is not None]
+        for person in dict.fromkeys(people):
+            if people.count(person) >= k and ts >= self._grant_after:
+                best = max((s.result for s in seen if s.person == person), key=_ratio_score)
+                self._grant_after = ts + self.config.grant_cooldown_s
+                self._history.clear()
+                return self._decision(Outcome.GRANT, person, best, frame, ts, "verified")
+        unknown = [s.result for s in seen if s.person is None]
+        if len(unknown) >= k and ts >= self._deny_after:
+            self._deny_after = ts + self.config.deny_interval_s
+            self._history.clear()
+            best = max(unknown, key=_ratio_score)
+            return self._decision(Outcome.DENY, None, best, frame, ts, _deny_reason(best))
+        return None
+
+    @staticmethod
+    def _pick(results: list[FaceResult]) -> _Seen | None:
+        if not results:
+            return None
+        verified = [r for r in results if r.candidate is not None]
+        if verified:
+            best = max(verified, key=_ratio_score)
+            return _Seen(best.candidate, best)
+        return _Seen(None, max(results, key=lambda r: r.face.area))
+
+    def _decision(self, outcome: Outcome, person: str | None, r: FaceResult, frame: int, ts: float,
+                  reason: str) -> Decision:
+        best = r.best
+        extra: dict[str, object] = {}
+        if outcome is Outcome.DENY and best is not None:
+            extra["closest"] = best.person
+        return Decision(
+            outcome=outcome,
+            person=person,
+            score=best.score if best else 0.0,
+            ratio=best.ratio if best else 0.0,
+            frame=frame,
+            ts=ts,
+            source=self.source,
+            reason=reason,
+            extra=extra,
+        )
+
+
+def _ratio_score(r: FaceResult) -> tuple[float, float]:
+    return (r.best.ratio, r.best.score) if r.best else (0.0, 0.0)
+
+
+def _deny_reason(r: FaceResult) -> str:
+    if r.best is None:
+        return "gallery empty"
+    if r.candidate is None and r.best.ratio > 0 and len(r.people) > 1 and r.people[1].ratio > 0:
+        return "no person verified with margin"
+    return "not verified"

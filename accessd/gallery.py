@@ -1,0 +1,195 @@
+"""The enrolled gallery: `verification_images/<person>/*.jpg|png`, embedded once and cached.
+
+Photos directly in the gallery folder belong to `gallery.default_person`.
+Each photo goes through the same detect -> align -> embed path as a live frame.
+Embeddings are cached on disk keyed by the photo's content hash and a hash of
+the model and detector, so a restart or a reload only embeds new photos, and a
+new model invalidates everything. A photo that cannot be used is skipped with
+one log line naming it; the rest of the gallery stays usable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from accessd.align import align_face
+from accessd.imageio import IMAGE_SUFFIXES, ImageError, read_image
+from accessd.types import Face, Floats, Image
+
+log = logging.getLogger(__name__)
+
+# A second face this large relative to the largest makes a photo ambiguous;
+# smaller ones (a poster, a passer-by far behind) are ignored.
+AMBIGUOUS_FACE_AREA = 0.25
+
+
+@dataclass(frozen=True)
+class Photo:
+    person: str
+    path: Path
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """An immutable snapshot; the daemon swaps in a new one on reload."""
+
+    embeddings: Floats  # M x D
+    person_of: npt.NDArray[np.int64]  # M: index into `people`
+    people: tuple[str, ...]
+    photos: tuple[Photo, ...]
+    skipped: tuple[Skipped, ...] = ()
+
+    @classmethod
+    def empty(cls, dim: int) -> Gallery:
+        return cls(np.zeros((0, dim), np.float32), np.zeros(0, np.int64), (), ())
+
+    def __len__(self) -> int:
+        return len(self.photos)
+
+    def counts(self) -> dict[str, int]:
+        counts = np.bincount(self.person_of, minlength=len(self.people))
+        return {p: int(c) for p, c in zip(self.people, counts, strict=True)}
+
+
+def scan(root: Path, default_person: str) -> tuple[list[tuple[str, Path]], list[Skipped]]:
+    """(person, photo path) for every image under `root`, and what was refused while scanning."""
+    found: list[tuple[str, Path]] = []
+    refused: list[Skipped] = []
+    if not root.is_dir():
+        return found, [Skipped(root, "gallery folder does not exist")]
+    real_root = root.resolve()
+
+    def consider(person: str, path: Path) -> None:
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            return
+        resolved = path.resolve()
+        if not resolved.is_relative_to(real_root):
+            refused.append(Skipped(path, f"points outside the gallery ({resolved})"))
+        elif resolved.is_file():
+            found.append((person, path))
+
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            if not entry.resolve().is_relative_to(real_root):
+                refused.append(Skipped(entry, "folder points outside the gallery"))
+                continue
+            for photo in sorted(entry.iterdir()):
+                if not photo.name.startswith("."):
+                    consider(entry.name, photo)
+        else:
+            consider(default_person, entry)
+    return found, refused
+
+
+def single_face(faces: list[Face]) -> Face | str:
+    """The one face of an enrolment photo, or why the photo is refused."""
+    if not faces:
+        return "no face found"
+    ordered = sorted(faces, key=lambda f: f.area, reverse=True)
+    if len(ordered) > 1 and ordered[1].area >= AMBIGUOUS_FACE_AREA * ordered[0].area:
+        return f"{len(faces)} faces found; an enrolment photo must show one person"
+    return ordered[0]
+
+
+class EmbeddingCache:
+    """One .npy per photo content hash, in a folder per (model, detector) key."""
+
+    def __init__(self, root: Path, key: str) -> None:
+        self.dir = root / "embeddings" / key
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def get(self, sha: str) -> Floats | None:
+        path = self.dir / f"{sha}.npy"
+        try:
+            return np.load(path).astype(np.float32)
+        except (OSError, ValueError):
+            return None
+
+    def put(self, sha: str, embedding: Floats) -> None:
+        path = self.dir / f"{sha}.npy"
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with tmp.open("wb") as fh:
+            np.save(fh, embedding.astype(np.float32))
+        tmp.replace(path)
+
+
+def cache_key(model_sha: str, detector_name: str, min_confidence: float) -> str:
+    return hashlib.sha256(f"{model_sha}|{detector_name}|{min_confidence}".encode()).hexdigest()[:16]
+
+
+def load_gallery(
+    root: Path,
+    default_person: str,
+    detect: Callable[[Image], list[Face]],
+    embed: Callable[[npt.NDArray[np.uint8]], Floats],
+    crop_size: int,
+    crop_margin: float,
+    cache: EmbeddingCache | None,
+    dim: int,
+) -> Gallery:
+    found, skipped = scan(root, default_person)
+    for s in skipped:
+        log.warning("gallery: skipping %s: %s", s.path, s.reason)
+    photos: list[Photo] = []
+    vectors: list[Floats | None] = []
+    pending: list[tuple[int, Image]] = []
+    for person, path in found:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            skipped.append(Skipped(path, f"cannot read ({exc.strerror or exc})"))
+            log.warning("gallery: skipping %s: cannot read (%s)", path, exc.strerror or exc)
+            continue
+        sha = hashlib.sha256(data).hexdigest()
+        cached = cache.get(sha) if cache else None
+        if cached is None:
+            try:
+                from accessd.imageio import decode_image
+
+                image = decode_image(data, str(path))
+                face = single_face(detect(image))
+            except ImageError as exc:
+                face = str(exc).removeprefix(f"{path}: ")
+            if isinstance(face, str):
+                skipped.append(Skipped(path, face))
+                log.warning("gallery: skipping %s: %s", path, face)
+                continue
+            pending.append((len(photos), align_face(image, face, crop_size, crop_margin)))
+        photos.append(Photo(person, path, sha))
+        vectors.append(cached)
+    if pending:
+        new = embed(np.stack([crop for _, crop in pending]))
+        for (i, _), vec in zip(pending, new, strict=True):
+            vectors[i] = vec
+            if cache:
+                cache.put(photos[i].sha256, vec)
+    people = tuple(sorted({p.person for p in photos}))
+    index = {p: i for i, p in enumerate(people)}
+    embeddings = np.stack([v for v in vectors if v is not None]) if photos else np.zeros((0, dim), np.float32)
+    gallery = Gallery(
+        embeddings=embeddings.astype(np.float32),
+        person_of=np.asarray([index[p.person] for p in photos], np.int64),
+        people=people,
+        photos=tuple(photos),
+        skipped=tuple(skipped),
+    )
+    log.info("gallery: %d photos of %d people (%d newly embedded, %d skipped)",
+             len(photos), len(people), len(pending), len(skipped))
+    return gallery

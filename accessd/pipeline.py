@@ -1,0 +1,80 @@
+"""detect -> align -> embed -> score for one image: shared by the daemon, `verify` and `bench`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from accessd.align import align_face
+from accessd.config import Config
+from accessd.decide import Thresholds, score_faces
+from accessd.detector import FaceDetector
+from accessd.gallery import EmbeddingCache, Gallery, cache_key, load_gallery
+from accessd.model import SiameseModel
+from accessd.provision import model_path
+from accessd.types import Face, FaceResult, Image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FrameAnalysis:
+    faces: list[Face]
+    crops: list[Image]
+    results: list[FaceResult]
+
+
+class Pipeline:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.model = SiameseModel(config.model.path, config.model.providers, config.model.threads)
+        self.detector = FaceDetector(
+            model_path(config.detector.models_dir, config.detector.model), config.detector.min_confidence
+        )
+        c = self.model.contract
+        d = config.decision
+        self.thresholds = Thresholds(
+            detection=d.detection_threshold if d.detection_threshold is not None else c.detection_threshold,
+            verification=d.verification_threshold,
+            margin=d.margin,
+        )
+        self._cache = EmbeddingCache(
+            config.state_dir,
+            cache_key(self.model.sha256, self.detector.model_path.name, config.detector.min_confidence),
+        )
+
+    def crop(self, image: Image, face: Face) -> Image:
+        return align_face(image, face, self.model.input_size, self.model.contract.crop_margin)
+
+    def load_gallery(self, root: Path | None = None) -> Gallery:
+        return load_gallery(
+            root or self.config.gallery.dir,
+            self.config.gallery.default_person,
+            self.detector.detect,
+            self.model.embed,
+            self.model.input_size,
+            self.model.contract.crop_margin,
+            self._cache,
+            self.model.contract.embedding_size,
+        )
+
+    def find_faces(self, image: Image) -> list[Face]:
+        """Faces big enough to verify, largest first, at most detector.max_faces."""
+        cfg = self.config.detector
+        faces = [f for f in self.detector.detect(image) if min(f.width, f.height) >= cfg.min_face_px]
+        return sorted(faces, key=lambda f: f.area, reverse=True)[: cfg.max_faces]
+
+    def analyse(self, image: Image, gallery: Gallery) -> FrameAnalysis:
+        faces = self.find_faces(image)
+        if not faces:
+            return FrameAnalysis([], [], [])
+        crops = [self.crop(image, f) for f in faces]
+        # All faces of the frame in one run, scored against the whole gallery.
+        _, scores = self.model.embed_and_score(np.stack(crops), gallery.embeddings)
+        return FrameAnalysis(faces, crops, score_faces(faces, scores, gallery, self.thresholds))
+
+    def close(self) -> None:
+        self.detector.close()

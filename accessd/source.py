@@ -1,0 +1,153 @@
+"""Frame sources: cameras and streams (live) and video files (finite).
+
+Live sources are read by a capture thread that never waits for the pipeline:
+it overwrites a one-slot buffer and counts the frames nobody took, so a slow
+frame never makes the daemon fall behind real time. A camera that fails to
+open or drops is retried with exponential backoff, logged once per outage.
+
+Video files are read in order without dropping frames: they are not real
+time, and a test or an audit replay must see every frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+
+from accessd.config import SourceConfig
+from accessd.imageio import to_rgb
+from accessd.types import Frame
+
+log = logging.getLogger(__name__)
+
+
+class FrameSource(Protocol):
+    name: str
+    finished: bool
+
+    def read(self, timeout: float) -> Frame | None: ...
+
+    def close(self) -> None: ...
+
+
+def _open_capture(uri: str, config: SourceConfig) -> Any:
+    target: int | str = int(uri) if uri.isdigit() else uri
+    cap = cv2.VideoCapture(target)
+    if cap.isOpened() and isinstance(target, int):
+        if config.width:
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, config.width)
+        if config.height:
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, config.height)
+    return cap
+
+
+def is_file_source(uri: str) -> bool:
+    return not uri.isdigit() and "://" not in uri
+
+
+class VideoFileSource:
+    def __init__(self, path: Path, config: SourceConfig) -> None:
+        self.name = str(path)
+        self.finished = False
+        self._cap = _open_capture(str(path), config)
+        if not self._cap.isOpened():
+            raise OSError(f"source {path}: cannot open video file")
+        self._fps = self._cap.get(cv2.CAP_PROP_FPS) or 30.0
+        self._index = 0
+
+    def read(self, timeout: float) -> Frame | None:
+        ok, image = self._cap.read()
+        if not ok or image is None:
+            self.finished = True
+            return None
+        frame = Frame(to_rgb(image, self.name), self._index, self._index / self._fps)
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        self._cap.release()
+
+
+class LiveSource:
+    """A camera index or stream URL read on its own thread."""
+
+    def __init__(self, uri: str, config: SourceConfig, stop: threading.Event) -> None:
+        self.name = uri
+        self.finished = False  # a live source never finishes; it reconnects
+        self.config = config
+        self.connected = False
+        self.dropped = 0
+        self.reconnects = 0
+        self._stop = stop
+        self._closed = threading.Event()
+        self._cond = threading.Condition()
+        self._slot: Frame | None = None
+        self._index = 0
+        self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        delay = self.config.reconnect_initial_s
+        outage_logged = False
+        while not self._should_stop():
+            cap = _open_capture(self.name, self.config)
+            if not cap.isOpened():
+                cap.release()
+                if not outage_logged:
+                    log.error("source %s: cannot open; retrying with backoff up to %.0fs",
+                              self.name, self.config.reconnect_max_s)
+                    outage_logged = True
+                self._wait(delay)
+                delay = min(delay * 2, self.config.reconnect_max_s)
+                continue
+            if outage_logged:
+                log.info("source %s: connected after outage", self.name)
+                self.reconnects += 1
+            outage_logged = False
+            delay = self.config.reconnect_initial_s
+            self.connected = True
+            while not self._should_stop():
+                ok, image = cap.read()
+                if not ok or image is None:
+                    log.error("source %s: stream dropped; reconnecting", self.name)
+                    outage_logged = True
+                    break
+                frame = Frame(to_rgb(image, self.name), self._index, time.monotonic())
+                self._index += 1
+                with self._cond:
+                    if self._slot is not None:
+                        self.dropped += 1
+                    self._slot = frame
+                    self._cond.notify()
+            self.connected = False
+            cap.release()
+
+    def _should_stop(self) -> bool:
+        return self._stop.is_set() or self._closed.is_set()
+
+    def _wait(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self._should_stop() and time.monotonic() < end:
+            self._closed.wait(min(0.1, end - time.monotonic()))
+
+    def read(self, timeout: float) -> Frame | None:
+        with self._cond:
+            if self._slot is None:
+                self._cond.wait(timeout)
+            frame, self._slot = self._slot, None
+            return frame
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(timeout=5.0)
+
+
+def open_source(uri: str, config: SourceConfig, stop: threading.Event) -> FrameSource:
+    if is_file_source(uri):
+        return VideoFileSource(Path(uri), config)
+    return LiveSource(uri, config, stop)

@@ -1,0 +1,111 @@
+"""Plain data passed between pipeline stages.
+
+Nothing here depends on MediaPipe or ONNX Runtime: those types stay in their own
+modules, so every stage can be tested and reasoned about with numpy alone.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+Image = npt.NDArray[np.uint8]  # H x W x 3, RGB
+Floats = npt.NDArray[np.float32]
+
+
+class Outcome(enum.Enum):
+    """What the daemon decided; the value is what logs, hooks and the audit log carry."""
+
+    GRANT = "grant"
+    DENY = "deny"
+
+    @property
+    def exit_code(self) -> int:
+        # Shell convention: success (0) means "the door may open".
+        return 0 if self is Outcome.GRANT else 1
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face in image pixels."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+    confidence: float
+    # (x, y) pixels; MediaPipe's order: right eye, left eye, nose tip, mouth,
+    # right ear tragion, left ear tragion ("right" is the subject's right).
+    keypoints: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def area(self) -> float:
+        return self.width * self.height
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return (self.x + self.width / 2.0, self.y + self.height / 2.0)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One captured frame with its timestamp in seconds.
+
+    `ts` is monotonic for live sources and the stream position for files, so
+    decisions on a video file do not depend on how fast this machine is.
+    """
+
+    image: Image
+    index: int
+    ts: float
+
+
+@dataclass(frozen=True)
+class PersonScore:
+    person: str
+    ratio: float  # fraction of the person's photos whose score is above detection_threshold
+    score: float  # mean pair score over the person's photos
+    photos: int
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    """The verifier's view of one face: every enrolled person's ratio, best first."""
+
+    face: Face
+    people: tuple[PersonScore, ...]
+    candidate: str | None  # verified with margin over the runner-up, else None
+
+    @property
+    def best(self) -> PersonScore | None:
+        return self.people[0] if self.people else None
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: Outcome
+    person: str | None
+    score: float
+    ratio: float
+    frame: int
+    ts: float
+    source: str
+    reason: str
+    snapshot: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, object]:
+        return {
+            "decision": self.outcome.value,
+            "person": self.person,
+            "score": round(self.score, 6),
+            "ratio": round(self.ratio, 6),
+            "frame": self.frame,
+            "source": self.source,
+            "reason": self.reason,
+            "snapshot": self.snapshot,
+            **self.extra,
+        }

@@ -1,0 +1,177 @@
+"""Export a trained Siamese checkpoint to the ONNX model the daemon runs.
+
+    python export/to_onnx.py runs/compact/checkpoint.keras models/accessd-compact.onnx \\
+        [--report runs/compact/devtest.json]
+
+One graph with two inputs, so the daemon can cache gallery embeddings and still
+score a frame in one call:
+    image   float32 [N, S, S, 3]  normalised face crops (contract below)
+    gallery float32 [M, D]        enrolled embeddings
+  ->
+    embedding float32 [N, D]
+    scores    float32 [N, M]      sigmoid(head(|embedding_i - gallery_j|))
+The contract (input size, colour order, normalisation, thresholds, evaluation,
+weights hash) is written to the ONNX metadata under `accessd.contract`; the
+daemon refuses a model without it. Parity with Keras is checked on real face
+crops (max abs difference <= 1e-4) and the export fails loudly otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+log = logging.getLogger("export")
+
+PARITY_TOLERANCE = 1e-4
+CONTRACT_KEY = "accessd.contract"
+
+
+def weights_sha256(model: Any) -> str:
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()
+
+
+def to_onnx(model: Any, opset: int = 17) -> Any:
+    import tensorflow as tf
+    import tf2onnx
+
+    from train.model import parts
+
+    embed, head = parts(model)
+    size = int(embed.input_shape[1])
+    dim = int(embed.output_shape[-1])
+    # numpy, made constants inside the function: captured eager tensors would
+    # become extra graph inputs instead of initializers.
+    kernel_np, bias_np = head.get_weights()
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, size, size, 3], tf.float32, name="image"),
+            tf.TensorSpec([None, dim], tf.float32, name="gallery"),
+        ]
+    )
+    def serve(image: Any, gallery: Any) -> dict[str, Any]:
+        emb = embed(image, training=False)
+        diff = tf.abs(emb[:, None, :] - gallery[None, :, :])
+        logits = tf.tensordot(diff, tf.constant(kernel_np[:, 0]), axes=1) + tf.constant(bias_np[0])
+        return {"embedding": tf.identity(emb, name="embedding"), "scores": tf.sigmoid(logits, name="scores")}
+
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=opset)
+    # tf2onnx names graph inputs after TF tensors; give them the contract's names.
+    graph = proto.graph
+    renames = dict(zip([i.name for i in graph.input], ["image", "gallery"], strict=True))
+    renames.update(zip([o.name for o in graph.output], ["embedding", "scores"], strict=True))
+    for value in list(graph.input) + list(graph.output):
+        value.name = renames[value.name]
+    for node in graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    return proto
+
+
+def contract(model: Any, sha: str, state: dict[str, Any], report: dict[str, Any] | None) -> dict[str, Any]:
+    from train.model import MEAN, STD, arch_of, parts
+
+    embed, _ = parts(model)
+    validation = state.get("validation", {})
+    # Deny-leaning default: the threshold whose false accept rate on held-out
+    # people is 1%, not the accuracy-maximising one (which accepts more strangers).
+    suggested = validation.get("val_threshold_far_1e-2") or validation.get("val_threshold") or 0.5
+    return {
+        "format": 1,
+        "input_size": [int(embed.input_shape[1]), int(embed.input_shape[2])],
+        "color_order": "RGB",
+        "layout": "NHWC",
+        "mean": [127.5, 127.5, 127.5] if MEAN == (127.5, 127.5, 127.5) else list(MEAN),
+        "std": list(STD),
+        "crop_margin": 0.2,
+        "embedding_size": int(embed.output_shape[-1]),
+        "architecture": arch_of(model),
+        "training": {k: state.get(k) for k in ("data", "teacher", "loss", "epoch", "eval_pairs", "excluded_eval_people")},
+        "validation": validation,
+        "evaluation": report or {},
+        "detection_threshold": round(float(suggested), 6),
+        "verification_threshold": 0.5,
+        "weights_sha256": sha,
+    }
+
+
+def parity_crops(n: int = 24) -> np.ndarray:
+    """Real aligned face crops from LFW, through the daemon's detect -> align code."""
+    from train.faces import prepare_faces
+
+    root = Path(os.environ.get("ACCESSD_SHARED", "../shared")) / "data/lfw"
+    people = sorted(p.name for p in root.iterdir() if p.is_dir())[:12]
+    faces = prepare_faces(root, Path("models/detector/face_detection_full_range_sparse.tflite"),
+                          contract_size, 0.2, Path("cache"), workers=1, only_people=people)
+    return faces.crops[:n]
+
+
+contract_size = 64
+
+
+def check_parity(model: Any, proto: Any, crops: np.ndarray) -> float:
+    import onnxruntime as ort
+
+    from train.data import normalise
+    from train.scoring import embed_numpy, pair_scores
+
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = normalise(crops)
+    ref_emb = embed_numpy(model, crops)
+    emb_onnx, scores_onnx = sess.run(["embedding", "scores"], {"image": x, "gallery": ref_emb})
+    ref_scores = np.stack([pair_scores(model, np.repeat(e[None], len(ref_emb), 0), ref_emb) for e in ref_emb])
+    return float(max(np.max(np.abs(emb_onnx - ref_emb)), np.max(np.abs(scores_onnx - ref_scores))))
+
+
+def main(argv: list[str] | None = None) -> int:
+    global contract_size
+    parser = argparse.ArgumentParser(description="Export a Keras Siamese checkpoint to ONNX.")
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("output", type=Path)
+    parser.add_argument("--report", type=Path, help="evaluation JSON (train.evaluate --json) to embed")
+    parser.add_argument("--opset", type=int, default=17)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import keras
+
+    import train.model  # noqa: F401 - registers the custom layers for loading
+
+    model = keras.models.load_model(args.checkpoint, compile=False)
+    state_path = args.checkpoint.with_name("state.json")
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    report = json.loads(args.report.read_text()) if args.report else None
+    proto = to_onnx(model, args.opset)
+    meta = contract(model, weights_sha256(model), state, report)
+    contract_size = meta["input_size"][0]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = CONTRACT_KEY, json.dumps(meta, sort_keys=True)
+    proto.producer_name = "accessd export/to_onnx.py"
+    diff = check_parity(model, proto, parity_crops())
+    if not diff <= PARITY_TOLERANCE:
+        log.error("parity check FAILED: max |Keras - ONNX Runtime| = %.3g > %.0e", diff, PARITY_TOLERANCE)
+        return 1
+    log.info("parity ok: max |Keras - ONNX Runtime| = %.3g on real face crops", diff)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.output.with_suffix(".tmp")
+    tmp.write_bytes(proto.SerializeToString())
+    tmp.replace(args.output)
+    log.info("wrote %s (%.1f MB)", args.output, args.output.stat().st_size / 1e6)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

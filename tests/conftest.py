@@ -1,0 +1,65 @@
+"""Session fixtures: real data from ../shared, a tiny Siamese model trained and exported once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("ACCESSD_SHARED", REPO.parent / "shared"))
+LFW = SHARED / "data/lfw"
+SAMPLES = SHARED / "data/samples"
+PROTOCOL = SHARED / "data/lfw-protocol"
+DETECTORS = REPO / "models/detector"
+TRAINED_MODEL = REPO / "models/accessd-compact.onnx"
+
+
+def run_py(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict[str, str] | None = None,
+           check: bool = True) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "ACCESSD_SHARED": str(SHARED), "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                            timeout=timeout, env=full_env, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_present() -> None:
+    assert LFW.is_dir(), f"tests need the shared data at {SHARED} (set ACCESSD_SHARED)"
+    assert (DETECTORS / "face_detection_full_range_sparse.tflite").is_file(), \
+        "detector models missing: run `python -m accessd.provision`"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """A compact Siamese model trained for a few steps on 30 LFW people (a real Keras checkpoint)."""
+    out = tmp_path_factory.mktemp("tiny_run")
+    run_py("-m", "train.train", "--data", str(LFW), "--out", str(out), "--max-people", "30",
+           "--epochs", "1", "--pairs-per-epoch", "64", "--batch-size", "16", "--checkpoint-every", "1",
+           "--cache-dir", str(cache_dir), "--workers", "1")
+    assert (out / "checkpoint.keras").is_file()
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_run: Path) -> Path:
+    """The tiny checkpoint exported to ONNX with export/to_onnx.py (parity-checked there)."""
+    onnx_path = tiny_run / "tiny.onnx"
+    run_py("export/to_onnx.py", str(tiny_run / "checkpoint.keras"), str(onnx_path))
+    return onnx_path
+
+
+@pytest.fixture(scope="session")
+def trained_model() -> Path:
+    assert TRAINED_MODEL.is_file(), f"the shipped model {TRAINED_MODEL} is missing"
+    return TRAINED_MODEL

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from accessd.audit import AuditLog
+from accessd.types import Decision, Outcome
+
+
+def decision(i: int) -> Decision:
+    return Decision(Outcome.GRANT if i % 2 else Outcome.DENY, "ann" if i % 2 else None, 0.9, 0.75, i, i / 30,
+                    "cam", "verified")
+
+
+def test_records_append_as_json_lines(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "audit.jsonl"
+    log = AuditLog(path)
+    for i in range(3):
+        log.append(decision(i))
+    log.close()
+    AuditLog(path).append(decision(3))  # reopening appends, never truncates
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["frame"] for r in records] == [0, 1, 2, 3]
+    assert {"ts", "decision", "person", "score", "ratio", "frame", "source"} <= records[0].keys()
+    assert records[1]["decision"] == "grant" and records[0]["person"] is None
+
+
+def test_kill_9_mid_run_leaves_only_whole_lines(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    code = (
+        "import sys; from pathlib import Path; from accessd.audit import AuditLog; "
+        "from tests.test_audit import decision; log = AuditLog(Path(sys.argv[1]))\n"
+        "i = 0\nwhile True:\n    log.append(decision(i)); i += 1\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=Path(__file__).parent.parent)
+    deadline = time.monotonic() + 30
+    while (not path.exists() or path.stat().st_size < 20_000) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    lines = path.read_text().splitlines()
+    assert len(lines) > 50
+    for line in lines:
+        json.loads(line)

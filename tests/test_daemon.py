@@ -1,0 +1,156 @@
+"""The daemon end to end, as a real subprocess on real faces, judged by its audit log."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from accessd.imageio import read_image
+from accessd.types import Image
+from tests.conftest import LFW, REPO, SHARED
+
+# People from pairsDevTest.txt: the shipped model never saw them in training.
+PERSON = "Donald_Rumsfeld"
+OTHER_ENROLLED = "Gerhard_Schroeder"
+STRANGER = "Jacques_Chirac"
+
+
+def paste(photo: Image, width: int = 640, height: int = 480) -> Image:
+    frame = np.full((height, width, 3), 70, np.uint8)
+    h, w = photo.shape[:2]
+    y, x = (height - h) // 2, (width - w) // 2
+    frame[y : y + h, x : x + w] = photo
+    return frame
+
+
+def photos(person: str) -> list[Path]:
+    return sorted((LFW / person).glob("*.jpg"))
+
+
+def write_video(path: Path, segments: list[list[Path]], frames_per_photo: int, fps: float = 10.0) -> int:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (640, 480))
+    assert writer.isOpened()
+    n = 0
+    for segment in segments:
+        for photo in segment:
+            frame = cv2.cvtColor(paste(read_image(photo)), cv2.COLOR_RGB2BGR)
+            for _ in range(frames_per_photo):
+                writer.write(frame)
+                n += 1
+    writer.release()
+    return n
+
+
+def enrol(gallery: Path, person: str, sources: list[Path]) -> None:
+    (gallery / person).mkdir(parents=True, exist_ok=True)
+    for p in sources:
+        shutil.copy(p, gallery / person / p.name)
+
+
+def write_config(path: Path, model: Path, **sections: dict[str, object]) -> Path:
+    import yaml
+
+    data: dict[str, object] = {
+        "model": {"path": str(model), "providers": ["CPUExecutionProvider"]},
+        "detector": {"models_dir": str(REPO / "models/detector")},
+        "state_dir": str(path.parent / "state"),
+        **sections,
+    }
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run_daemon(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ACCESSD_SHARED": str(SHARED)}
+    return subprocess.run([sys.executable, "-m", "accessd", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=env, check=False)
+
+
+def audit(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_enrolled_person_granted_and_stranger_denied(tmp_path: Path, trained_model: Path) -> None:
+    person = photos(PERSON)
+    gallery = tmp_path / "verification_images"
+    enrol(gallery, PERSON, person[:10])
+    enrol(gallery, OTHER_ENROLLED, photos(OTHER_ENROLLED)[:10])
+    video = tmp_path / "door.avi"
+    frames_per_photo = 6
+    n = write_video(video, [person[20:26], photos(STRANGER)[:6]], frames_per_photo)
+    boundary = 6 * frames_per_photo
+    log = tmp_path / "audit.jsonl"
+    snaps = tmp_path / "snaps"
+    cfg = write_config(tmp_path / "config.yaml", trained_model, audit={"snapshots_dir": str(snaps)})
+    result = run_daemon("run", "--config", str(cfg), "--source", str(video), "--gallery", str(gallery),
+                        "--audit-log", str(log))
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = audit(log)
+    granted = [r for r in records if r["decision"] == "grant"]
+    denied = [r for r in records if r["decision"] == "deny"]
+    assert granted, f"no grant: {records}\n{result.stderr[-2000:]}"
+    assert all(r["person"] == PERSON and int(r["frame"]) < boundary for r in granted), records
+    assert any(int(r["frame"]) >= boundary for r in denied), records
+    assert all(r["source"] == str(video) for r in records)
+    assert all(Path(str(r["snapshot"])).is_file() for r in records)
+    assert f"stopped after {n} frames" in result.stderr
+    assert "decision=grant person=" + PERSON in result.stderr
+
+
+def test_corrupt_and_faceless_photos_are_skipped_by_name(tmp_path: Path, trained_model: Path) -> None:
+    gallery = tmp_path / "g"
+    enrol(gallery, PERSON, photos(PERSON)[:3])
+    (gallery / PERSON / "corrupt.jpg").write_bytes(photos(PERSON)[3].read_bytes()[:300])
+    cv2.imwrite(str(gallery / PERSON / "wall.png"), np.full((200, 200, 3), 200, np.uint8))
+    cv2.imwrite(str(gallery / "owner.jpg"), cv2.imread(str(photos(STRANGER)[0])))  # no person folder
+    cfg = write_config(tmp_path / "config.yaml", trained_model)
+    result = run_daemon("enroll", "--list", "--config", str(cfg), "--gallery", str(gallery))
+    assert result.returncode == 0, result.stderr
+    assert f"{PERSON}\t3" in result.stdout and "owner\t1" in result.stdout
+    assert "corrupt.jpg" in result.stderr and "wall.png: no face found" in result.stderr
+
+
+def test_camera_that_never_opens_keeps_running_until_sigterm(tmp_path: Path, trained_model: Path) -> None:
+    cfg = write_config(tmp_path / "config.yaml", trained_model,
+                       source={"uri": "rtsp://127.0.0.1:9/none", "reconnect_max_s": 1.0},
+                       gallery={"dir": str(tmp_path / "empty")})
+    env = {**os.environ, "ACCESSD_SHARED": str(SHARED)}
+    proc = subprocess.Popen([sys.executable, "-m", "accessd", "run", "--config", str(cfg)], cwd=REPO,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        time.sleep(12)
+        assert proc.poll() is None, "daemon exited while the camera was down"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert err.count("cannot open; retrying") == 1, err  # logged once per outage, not per retry
+    assert "received SIGTERM" in err
+
+
+def test_missing_model_is_a_clear_startup_error(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "config.yaml", tmp_path / "nope.onnx")
+    result = run_daemon("run", "--config", str(cfg), "--source", "missing.avi")
+    assert result.returncode == 1
+    assert "nope.onnx" in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--max-frames"])
+def test_max_frames_stops_a_video_early(tmp_path: Path, trained_model: Path, flag: str) -> None:
+    video = tmp_path / "v.avi"
+    write_video(video, [photos(PERSON)[:2]], 10)
+    cfg = write_config(tmp_path / "config.yaml", trained_model, gallery={"dir": str(tmp_path / "empty")})
+    result = run_daemon("run", "--config", str(cfg), "--source", str(video), flag, "7",
+                        "--audit-log", str(tmp_path / "a.jsonl"))
+    assert result.returncode == 0 and "stopped after 7 frames" in result.stderr, result.stderr[-2000:]

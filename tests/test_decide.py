@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from accessd.config import DecisionConfig
+from accessd.decide import DecisionMaker, Thresholds, score_faces
+from accessd.gallery import Gallery, Photo
+from accessd.types import Face, FaceResult, Outcome, PersonScore
+
+FACE = Face(10, 10, 100, 100, 0.9)
+T = Thresholds(detection=0.5, verification=0.5, margin=0.2)
+
+
+def gallery(people: list[str]) -> Gallery:
+    names = sorted(set(people))
+    return Gallery(
+        embeddings=np.zeros((len(people), 4), np.float32),
+        person_of=np.asarray([names.index(p) for p in people]),
+        people=tuple(names),
+        photos=tuple(Photo(p, Path(f"{p}{i}.jpg"), str(i)) for i, p in enumerate(people)),
+    )
+
+
+def test_ratio_is_fraction_of_photos_above_detection_threshold() -> None:
+    g = gallery(["ann", "ann", "ann", "ann", "bob", "bob"])
+    scores = np.array([[0.9, 0.8, 0.7, 0.2, 0.1, 0.6]], np.float32)
+    (r,) = score_faces([FACE], scores, g, T)
+    assert r.best is not None and r.best.person == "ann" and r.best.ratio == 0.75
+    assert r.people[1].ratio == 0.5
+    # 0.75 beats bob's 0.5 by only 0.25 - still above margin 0.2: verified.
+    assert r.candidate == "ann"
+
+
+def test_ratio_must_be_above_verification_threshold() -> None:
+    g = gallery(["ann", "ann", "ann", "ann"])
+    scores = np.array([[0.9, 0.8, 0.1, 0.2]], np.float32)  # ratio 0.5, not above 0.5
+    (r,) = score_faces([FACE], scores, g, T)
+    assert r.candidate is None
+
+
+def test_look_alikes_without_margin_are_denied() -> None:
+    g = gallery(["ann", "ann", "bob", "bob"])
+    scores = np.array([[0.9, 0.8, 0.9, 0.7]], np.float32)  # both ratio 1.0
+    (r,) = score_faces([FACE], scores, g, T)
+    assert r.candidate is None
+
+
+def test_empty_gallery_verifies_no_one() -> None:
+    (r,) = score_faces([FACE], np.zeros((1, 0), np.float32), Gallery.empty(4), T)
+    assert r.candidate is None and r.best is None
+
+
+def result(person: str | None, ratio: float = 1.0) -> list[FaceResult]:
+    ps = (PersonScore(person or "ann", ratio if person else 0.1, 0.9 if person else 0.2, 4),)
+    return [FaceResult(FACE, ps, person)]
+
+
+def test_grant_needs_k_of_n_frames_then_cools_down() -> None:
+    cfg = DecisionConfig(confirm_frames=3, confirm_window=5, grant_cooldown_s=5.0)
+    dm = DecisionMaker(cfg, "test")
+    outcomes = []
+    for i in range(12):  # 30 fps: 12 frames is 0.4 s, inside the cooldown
+        d = dm.update(i, i / 30, result("ann"))
+        outcomes.append(d)
+    grants = [d for d in outcomes if d is not None]
+    assert len(grants) == 1 and grants[0].outcome is Outcome.GRANT and grants[0].person == "ann"
+    assert grants[0].frame == 2  # the third agreeing frame
+    # Still at the door when the cooldown ends: the agreeing frames in the window grant again.
+    again = dm.update(200, 5.5, result("ann"))
+    assert again is not None and again.outcome is Outcome.GRANT
+    # History is cleared at a grant: the next grant needs K fresh frames.
+    assert dm.update(201, 11.0, result("ann")) is None
+    assert dm.update(202, 11.1, result("ann")) is None
+    assert dm.update(203, 11.2, result("ann")) is not None
+
+
+def test_interleaved_frames_without_agreement_do_not_grant() -> None:
+    dm = DecisionMaker(DecisionConfig(confirm_frames=3, confirm_window=3), "test")
+    seq = [result("ann"), [], result("ann"), [], result("ann")]
+    assert all(dm.update(i, i / 30, r) is None for i, r in enumerate(seq))
+
+
+def test_denies_are_rate_limited() -> None:
+    cfg = DecisionConfig(confirm_frames=2, confirm_window=3, deny_interval_s=10.0)
+    dm = DecisionMaker(cfg, "test")
+    decisions = [dm.update(i, i / 10, result(None)) for i in range(100)]  # 10 s at 10 fps
+    denies = [d for d in decisions if d is not None]
+    assert len(denies) == 1 and denies[0].outcome is Outcome.DENY and denies[0].person is None
+    assert dm.update(101, 10.2, result(None)) is not None  # the interval has passed
+
+
+def test_no_faces_no_decision() -> None:
+    dm = DecisionMaker(DecisionConfig(), "test")
+    assert all(dm.update(i, i, []) is None for i in range(50))

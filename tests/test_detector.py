@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from accessd.detector import DetectorError, FaceDetector
+from accessd.imageio import read_image
+from accessd.provision import MODELS, is_provisioned, model_path, sha256_file
+from tests.conftest import DETECTORS, SAMPLES
+
+
+@pytest.fixture(scope="module")
+def detector() -> Iterator[FaceDetector]:
+    with FaceDetector(model_path(DETECTORS, "full_range"), 0.5) as d:
+        yield d
+
+
+def test_provisioned_models_match_pinned_hashes() -> None:
+    assert is_provisioned(DETECTORS)
+    for name, m in MODELS.items():
+        assert sha256_file(model_path(DETECTORS, name)) == m.sha256
+
+
+@pytest.mark.parametrize(("photo", "count"), [("obama.jpg", 1), ("biden.jpg", 1), ("two_people.jpg", 2),
+                                               ("obama-1080p.jpg", 1), ("32bit.png", 1)])
+def test_real_photos(detector: FaceDetector, photo: str, count: int) -> None:
+    faces = detector.detect(read_image(SAMPLES / photo))
+    # 32bit.png has people far behind Obama: count the clearly visible faces.
+    big = [f for f in faces if f.width > 60]
+    assert len(big) == count, faces
+    for f in big:
+        assert len(f.keypoints) == 6 and 0 < f.confidence <= 1
+
+
+def test_two_people_left_to_right(detector: FaceDetector) -> None:
+    faces = sorted(detector.detect(read_image(SAMPLES / "two_people.jpg")), key=lambda f: f.x)
+    assert len(faces) == 2 and faces[0].x + faces[0].width < faces[1].x
+
+
+def test_blank_image_has_no_face(detector: FaceDetector) -> None:
+    assert detector.detect(np.full((480, 640, 3), 127, np.uint8)) == []
+
+
+def test_bad_input_and_missing_model(detector: FaceDetector, tmp_path: Path) -> None:
+    with pytest.raises(DetectorError, match="HxWx3"):
+        detector.detect(np.zeros((10, 10), np.uint8))
+    with pytest.raises(DetectorError, match="accessd.provision"):
+        FaceDetector(tmp_path / "nope.tflite")
+
+
+def test_short_range_misses_small_faces_at_720p_where_full_range_finds_them() -> None:
+    # Why full_range is the default: a ~95 px face in a 1280x720 frame (1-2 m from a door camera).
+    from tests.test_daemon import paste
+
+    photo = read_image(next((SAMPLES.parent / "lfw/George_W_Bush").glob("*.jpg")))
+    frame = paste(photo, 1280, 720)
+    with FaceDetector(model_path(DETECTORS, "full_range"), 0.5) as full:
+        assert len(full.detect(frame)) == 1

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from accessd.config import parse_config
+from accessd.gallery import scan
+from accessd.pipeline import Pipeline
+from tests.conftest import LFW, REPO, SAMPLES
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+    state = tmp_path_factory.mktemp("state")
+    cfg = parse_config({"model": {"path": str(tiny_model)}, "state_dir": str(state),
+                        "detector": {"models_dir": str(REPO / "models/detector")}}, REPO)
+    return Pipeline(cfg)
+
+
+def make_gallery(root: Path) -> None:
+    for person in ("Colin_Powell", "Tony_Blair"):
+        (root / person).mkdir(parents=True)
+        for p in sorted((LFW / person).glob("*.jpg"))[:3]:
+            shutil.copy(p, root / person / p.name)
+
+
+def test_bad_photos_are_skipped_by_name_and_rest_stays_usable(pipeline: Pipeline, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "verification_images"
+    make_gallery(root)
+    ann = root / "Colin_Powell"
+    (ann / "zero.jpg").write_bytes(b"")
+    (ann / "truncated.jpg").write_bytes((SAMPLES / "obama.jpg").read_bytes()[:400])
+    cv2.imwrite(str(ann / "blank.png"), np.full((300, 300, 3), 255, np.uint8))
+    shutil.copy(SAMPLES / "two_people.jpg", ann / "group.jpg")
+    (ann / "notes.txt").write_text("not a photo")
+    shutil.copy(SAMPLES / "32bit.png", root / "alpha.png")  # top level: the default person
+    caplog.set_level(logging.WARNING)
+    g = pipeline.load_gallery(root)
+    assert g.counts() == {"Colin_Powell": 3, "Tony_Blair": 3, "owner": 1}
+    reasons = {s.path.name: s.reason for s in g.skipped}
+    assert reasons["zero.jpg"] == "empty file"
+    assert "corrupt" in reasons["truncated.jpg"] or "not a readable" in reasons["truncated.jpg"]
+    assert reasons["blank.png"] == "no face found"
+    assert "2 faces found" in reasons["group.jpg"]
+    assert "notes.txt" not in reasons
+    for name in ("zero.jpg", "truncated.jpg", "blank.png", "group.jpg"):
+        assert name in caplog.text
+    assert g.embeddings.shape == (7, 128)
+
+
+def test_symlink_outside_gallery_is_refused(pipeline: Pipeline, tmp_path: Path) -> None:
+    root = tmp_path / "g"
+    (root / "eve").mkdir(parents=True)
+    outside = tmp_path / "secret.jpg"
+    shutil.copy(SAMPLES / "biden.jpg", outside)
+    os.symlink(outside, root / "eve" / "biden.jpg")
+    found, refused = scan(root, "owner")
+    assert found == [] and "outside the gallery" in refused[0].reason
+
+
+def test_embeddings_are_cached_by_content(pipeline: Pipeline, tmp_path: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "g"
+    make_gallery(root)
+    first = pipeline.load_gallery(root)
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    again = pipeline.load_gallery(root)
+    assert "(0 newly embedded" in caplog.text
+    np.testing.assert_array_equal(first.embeddings, again.embeddings)
+    shutil.copy(SAMPLES / "biden.jpg", root / "Tony_Blair" / "new.jpg")
+    caplog.clear()
+    assert len(pipeline.load_gallery(root)) == 7 and "(1 newly embedded" in caplog.text
+
+
+def test_same_person_scores_higher_than_strangers_with_trained_model(trained_model: Path, tmp_path: Path) -> None:
+    cfg = parse_config({"model": {"path": str(trained_model)}, "state_dir": str(tmp_path),
+                        "detector": {"models_dir": str(REPO / "models/detector")}}, REPO)
+    p = Pipeline(cfg)
+    from accessd.imageio import read_image
+
+    def crop(path: Path) -> np.ndarray:
+        image = read_image(path)
+        return p.crop(image, max(p.detector.detect(image), key=lambda f: f.area))
+
+    obama = [crop(SAMPLES / n) for n in ("obama.jpg", "obama3.jpg", "obama-240p.jpg")]
+    biden = crop(SAMPLES / "biden.jpg")
+    emb = p.model.embed(np.stack(obama[1:]))
+    _, same = p.model.embed_and_score(obama[0][None], emb)
+    _, other = p.model.embed_and_score(biden[None], emb)
+    assert same.min() > other.max(), (same, other)

@@ -1,0 +1,1 @@
+"""Training, evaluation and data preparation for the accessd Siamese model."""
