@@ -37,7 +37,8 @@ def bench_frame(face_photo: Image, width: int = 640, height: int = 480) -> Image
 
 
 def build_gallery(pipeline: Pipeline, size: int, photos: list[Path]) -> Gallery:
-    crops, people = [], []
+    crops: list[Image] = []
+    people: list[str] = []
     for path in photos:
         if len(crops) >= size:
             break

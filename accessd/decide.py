@@ -89,7 +89,8 @@ class DecisionMaker:
             self._deny_after = ts + self.config.deny_interval_s
             self._history.clear()
             best = max(unknown, key=_ratio_score)
-            return self._decision(Outcome.DENY, None, best, frame, ts, _deny_reason(best))
+            reason = _deny_reason(best, self.config.verification_threshold)
+            return self._decision(Outcome.DENY, None, best, frame, ts, reason)
         return None
 
     @staticmethod
@@ -125,9 +126,9 @@ def _ratio_score(r: FaceResult) -> tuple[float, float]:
     return (r.best.ratio, r.best.score) if r.best else (0.0, 0.0)
 
 
-def _deny_reason(r: FaceResult) -> str:
+def _deny_reason(r: FaceResult, verification_threshold: float) -> str:
     if r.best is None:
         return "gallery empty"
-    if r.candidate is None and r.best.ratio > 0 and len(r.people) > 1 and r.people[1].ratio > 0:
-        return "no person verified with margin"
+    if r.best.ratio > verification_threshold:
+        return "no margin over runner-up"  # a look-alike of two enrolled people
     return "not verified"

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from accessd.align import align_face
-from accessd.imageio import IMAGE_SUFFIXES, ImageError, read_image
+from accessd.imageio import IMAGE_SUFFIXES, ImageError
 from accessd.types import Face, Floats, Image
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class EmbeddingCache:
     def get(self, sha: str) -> Floats | None:
         path = self.dir / f"{sha}.npy"
         try:
-            return np.load(path).astype(np.float32)
+            return np.asarray(np.load(path), dtype=np.float32)
         except (OSError, ValueError):
             return None
 

@@ -33,7 +33,7 @@ def _header_size(data: bytes, name: str) -> tuple[int, int]:
             return img.size
     except PILImage.DecompressionBombError as exc:
         raise ImageError(f"{name}: dimensions exceed the {MAX_PIXELS} pixel limit") from exc
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for garbage input
+    except Exception as exc:
         raise ImageError(f"{name}: not a readable image ({exc.__class__.__name__})") from exc
 
 
@@ -56,20 +56,20 @@ def to_rgb(array: np.ndarray, name: str = "<array>") -> Image:
         array = (array >> 8).astype(np.uint8)
     elif array.dtype != np.uint8:
         raise ImageError(f"{name}: unsupported pixel type {array.dtype}")
-    if array.ndim == 2:
-        return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
-    channels = array.shape[2]
+    channels = 1 if array.ndim == 2 else array.shape[2]
     if channels == 1:
-        return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
-    if channels == 3:
-        return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
-    if channels == 4:
+        rgb = cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
+    elif channels == 3:
+        rgb = cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+    elif channels == 4:
         # Transparent pixels become white rather than whatever colour they hid.
         bgr = array[:, :, :3].astype(np.float32)
         alpha = array[:, :, 3:4].astype(np.float32) / 255.0
         blended = bgr * alpha + 255.0 * (1.0 - alpha)
-        return cv2.cvtColor(blended.astype(np.uint8), cv2.COLOR_BGR2RGB)
-    raise ImageError(f"{name}: unsupported channel count {channels}")
+        rgb = cv2.cvtColor(blended.astype(np.uint8), cv2.COLOR_BGR2RGB)
+    else:
+        raise ImageError(f"{name}: unsupported channel count {channels}")
+    return np.asarray(rgb, dtype=np.uint8)
 
 
 def read_image(path: Path) -> Image:

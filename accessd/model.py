@@ -100,7 +100,7 @@ class SiameseModel:
             options.intra_op_num_threads = threads
         try:
             self._session = ort.InferenceSession(data, sess_options=options, providers=wanted)
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors for bad files
+        except Exception as exc:
             raise ModelError(f"model {path}: ONNX Runtime cannot load it ({exc})") from exc
         self.provider = self._session.get_providers()[0]
         meta = self._session.get_modelmeta().custom_metadata_map

@@ -48,7 +48,7 @@ def to_onnx(model: Any, opset: int = 17) -> Any:
     import tensorflow as tf
     import tf2onnx
 
-    from train.model import parts
+    from train.model import embed_with_flip, parts
 
     embed, head = parts(model)
     size = int(embed.input_shape[1])
@@ -64,7 +64,7 @@ def to_onnx(model: Any, opset: int = 17) -> Any:
         ]
     )
     def serve(image: Any, gallery: Any) -> dict[str, Any]:
-        emb = embed(image, training=False)
+        emb = embed_with_flip(embed, image)
         diff = tf.abs(emb[:, None, :] - gallery[None, :, :])
         logits = tf.tensordot(diff, tf.constant(kernel_np[:, 0]), axes=1) + tf.constant(bias_np[0])
         return {"embedding": tf.identity(emb, name="embedding"), "scores": tf.sigmoid(logits, name="scores")}
@@ -87,9 +87,10 @@ def contract(model: Any, sha: str, state: dict[str, Any], report: dict[str, Any]
 
     embed, _ = parts(model)
     validation = state.get("validation", {})
-    # Deny-leaning default: the threshold whose false accept rate on held-out
-    # people is 1%, not the accuracy-maximising one (which accepts more strangers).
-    suggested = validation.get("val_threshold_far_1e-2") or validation.get("val_threshold") or 0.5
+    # The pair threshold that is most accurate on held-out people. The daemon leans
+    # towards deny above it: a majority of a person's photos must match, with a
+    # margin over the runner-up, in K of N frames.
+    suggested = validation.get("val_threshold", 0.5)
     return {
         "format": 1,
         "input_size": [int(embed.input_shape[1]), int(embed.input_shape[2])],
@@ -98,12 +99,15 @@ def contract(model: Any, sha: str, state: dict[str, Any], report: dict[str, Any]
         "mean": [127.5, 127.5, 127.5] if MEAN == (127.5, 127.5, 127.5) else list(MEAN),
         "std": list(STD),
         "crop_margin": 0.2,
+        "test_time_flip": True,
         "embedding_size": int(embed.output_shape[-1]),
         "architecture": arch_of(model),
-        "training": {k: state.get(k) for k in ("data", "teacher", "loss", "epoch", "eval_pairs", "excluded_eval_people")},
+        "training": {
+            k: state.get(k) for k in ("data", "teacher", "loss", "epoch", "eval_pairs", "excluded_eval_people")
+        },
         "validation": validation,
         "evaluation": report or {},
-        "detection_threshold": round(float(suggested), 6),
+        "detection_threshold": float(suggested),
         "verification_threshold": 0.5,
         "weights_sha256": sha,
     }

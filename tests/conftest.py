@@ -24,8 +24,16 @@ def run_py(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict[str, st
     result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
                             timeout=timeout, env=full_env, check=False)
     if check and result.returncode != 0:
-        raise AssertionError(f"{args} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr[-4000:]}")
+        raise AssertionError(f"{args} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{quiet(result.stderr)}")
     return result
+
+
+NOISE = ("WARNING: [", "Sparsity tensors", "I0000 ", "W0000 ", "E0000 ", "WARNING: All log", "To enable the following", "INFO: [")
+
+
+def quiet(stderr: str) -> str:
+    """stderr without TensorFlow/LiteRT start-up chatter, for readable failures."""
+    return "\n".join(line for line in stderr.splitlines() if not line.startswith(NOISE))[-4000:]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -25,7 +25,11 @@ def test_aligned_crop_levels_the_eyes(roll: float) -> None:
         crop = align_face(rotated, face, 128)
         assert crop.shape == (128, 128, 3) and crop.dtype == np.uint8
         (again,) = det.detect(crop)
-    assert abs(eye_angle(again)) < 5, eye_angle(again)
+    # BlazeFace eye keypoints are coarse (a few degrees of jitter): the roll must be
+    # mostly removed, not exactly zero.
+    assert abs(eye_angle(again)) < 8, eye_angle(again)
+    if roll:
+        assert abs(eye_angle(again)) < abs(roll) / 2
     # Centred: the face box centre lies near the crop centre.
     cx, cy = again.center
     assert math.hypot(cx - 64, cy - 64) < 16

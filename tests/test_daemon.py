@@ -91,7 +91,9 @@ def test_enrolled_person_granted_and_stranger_denied(tmp_path: Path, trained_mod
     boundary = 6 * frames_per_photo
     log = tmp_path / "audit.jsonl"
     snaps = tmp_path / "snaps"
-    cfg = write_config(tmp_path / "config.yaml", trained_model, audit={"snapshots_dir": str(snaps)})
+    # Deny events at most every second (default 10 s): the video holds 3.6 s per person.
+    cfg = write_config(tmp_path / "config.yaml", trained_model, audit={"snapshots_dir": str(snaps)},
+                       decision={"deny_interval_s": 1.0})
     result = run_daemon("run", "--config", str(cfg), "--source", str(video), "--gallery", str(gallery),
                         "--audit-log", str(log))
     assert result.returncode == 0, result.stderr[-3000:]

@@ -3,6 +3,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -16,11 +17,13 @@ from tests.conftest import LFW, REPO, SAMPLES
 
 
 @pytest.fixture(scope="module")
-def pipeline(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+def pipeline(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     state = tmp_path_factory.mktemp("state")
     cfg = parse_config({"model": {"path": str(tiny_model)}, "state_dir": str(state),
                         "detector": {"models_dir": str(REPO / "models/detector")}}, REPO)
-    return Pipeline(cfg)
+    p = Pipeline(cfg)
+    yield p
+    p.close()
 
 
 def make_gallery(root: Path) -> None:
@@ -95,4 +98,5 @@ def test_same_person_scores_higher_than_strangers_with_trained_model(trained_mod
     emb = p.model.embed(np.stack(obama[1:]))
     _, same = p.model.embed_and_score(obama[0][None], emb)
     _, other = p.model.embed_and_score(biden[None], emb)
+    p.close()
     assert same.min() > other.max(), (same, other)

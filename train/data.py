@@ -126,6 +126,9 @@ def make_dataset(
         if teacher is not None:
             targets["emb_a"] = tf.gather(teacher, pair[0])
             targets["emb_b"] = tf.gather(teacher, pair[1])
+        else:
+            # Keras wants a target per output; without a teacher these carry no loss.
+            targets["emb_a"] = targets["emb_b"] = tf.zeros([1])
         return {"anchor": imgs[0], "other": imgs[1]}, targets
 
     ds = tf.data.Dataset.from_tensor_slices((pairs, labels))

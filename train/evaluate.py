@@ -24,7 +24,15 @@ from typing import Any
 import numpy as np
 
 from train.metrics import (
-    accuracy, auc, best_threshold, eer, kfold_accuracy, precision_recall_f1, roc, tar_at_far, threshold_at_far,
+    accuracy,
+    auc,
+    best_threshold,
+    eer,
+    kfold_accuracy,
+    precision_recall_f1,
+    roc,
+    tar_at_far,
+    threshold_at_far,
 )
 from train.pairs import PairList, load_pairs
 
@@ -55,7 +63,7 @@ class Scorer:
             self.margin = 0.2
             state = path.with_name("state.json")
             val = json.loads(state.read_text()).get("validation", {}) if state.is_file() else {}
-            self.threshold = float(val.get("val_threshold_far_1e-2") or val.get("val_threshold") or 0.5)
+            self.threshold = float(val.get("val_threshold", 0.5))  # as export/to_onnx.py suggests
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         if hasattr(self, "onnx"):
@@ -184,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plots", type=Path, help="folder for roc.png and scores.png (default: beside the model)")
     p.add_argument("--cache-dir", type=Path, default=Path("cache"))
+    p.add_argument("--dump-scores", type=Path, help="save the per-pair scores (.npy), e.g. for parity checks")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -191,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     scorer = Scorer(args.model)
     crops = pair_crops(pairs, args.data, scorer.input_size, scorer.margin, args.cache_dir)
     scores = score_pairs(scorer, pairs, crops)
+    if args.dump_scores:
+        np.save(args.dump_scores, scores)
     same = np.asarray([p.same for p in pairs.pairs])
     folds = np.asarray([p.fold for p in pairs.pairs])
     threshold = args.threshold if args.threshold is not None else scorer.threshold

@@ -85,9 +85,14 @@ def load_training_faces(args: argparse.Namespace) -> Any:
 
 def split_validation(faces: Any, fraction: float, seed: int) -> tuple[Any, Any]:
     """Hold out whole people (never photos) for threshold selection and monitoring."""
-    people = sorted(set(faces.people))
+    from collections import Counter
+
+    counts = Counter(faces.people)
+    # Validation pairs need positives: hold out people with two or more photos.
+    multi = sorted(p for p, c in counts.items() if c >= 2)
     rng = np.random.default_rng(seed)
-    val_people = set(rng.choice(people, size=max(2, int(len(people) * fraction)), replace=False).tolist())
+    size = min(len(multi) - 1, max(2, int(len(counts) * fraction)))
+    val_people = set(rng.choice(multi, size=size, replace=False).tolist())
     train_idx = [i for i, p in enumerate(faces.people) if p not in val_people]
     val_idx = [i for i, p in enumerate(faces.people) if p in val_people]
     return faces.subset(train_idx), faces.subset(val_idx)
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         if epoch > start_epoch or start_epoch > 0:
             emb = embed_numpy(model, train_faces.crops)
-            hard_wrong = sampler.mine(lambda pairs: pair_scores(model, emb[pairs[:, 0]], emb[pairs[:, 1]]))
+            hard_wrong = sampler.mine(lambda pairs, e=emb: pair_scores(model, e[pairs[:, 0]], e[pairs[:, 1]]))
             log.info("mined %d hard negatives (%.0f%% scored as matches)", len(sampler.hard), 100 * hard_wrong)
         pairs, labels = sampler.epoch(args.pairs_per_epoch, args.hard_fraction)
         ds = make_dataset(train_faces, pairs, labels, args.batch_size, augment=True, crops_tensor=crops,

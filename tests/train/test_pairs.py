@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from train.pairs import PairListError, load_pairs, parse_pairs
 from tests.conftest import PROTOCOL
+from train.pairs import PairListError, load_pairs, parse_pairs
 
 
 def test_devtest_without_count_line() -> None:

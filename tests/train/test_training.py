@@ -49,13 +49,19 @@ def test_evaluate_keras_and_onnx_agree(tiny_run: Path, tiny_model: Path, cache_d
     out = {}
     for name, model in (("keras", tiny_run / "checkpoint.keras"), ("onnx", tiny_model)):
         result = run_py("-m", "train.evaluate", "--model", str(model), "--pairs", str(pairs), "--json",
-                        "--cache-dir", str(cache_dir), "--plots", str(tmp_path / name))
+                        "--cache-dir", str(cache_dir), "--plots", str(tmp_path / name),
+                        "--dump-scores", str(tmp_path / f"{name}.npy"))
         out[name] = json.loads(result.stdout)
         assert (tmp_path / name / "roc.png").stat().st_size > 1000
         assert (tmp_path / name / "scores.png").stat().st_size > 1000
-    for key in ("accuracy", "auc", "eer", "tar_at_far_1e-3", "threshold", "best_accuracy"):
-        assert abs(out["keras"][key] - out["onnx"][key]) < 1e-3, key
-    assert out["onnx"]["pairs"] == 80 and 0.0 <= out["onnx"]["auc"] <= 1.0
+    # The same pair scores (a few-step model's scores are near-ties, so ranking metrics
+    # are compared through the scores they come from).
+    keras_scores, onnx_scores = np.load(tmp_path / "keras.npy"), np.load(tmp_path / "onnx.npy")
+    assert keras_scores.shape == (80,) and np.max(np.abs(keras_scores - onnx_scores)) <= 1e-4
+    assert out["keras"]["threshold"] == out["onnx"]["threshold"]
+    for key in ("accuracy", "auc", "eer", "tar_at_far_1e-3", "best_accuracy", "precision", "recall", "f1"):
+        assert 0.0 <= out["onnx"][key] <= 1.0, key
+    assert out["onnx"]["pairs"] == 80
 
 
 def test_export_writes_contract_metadata(tiny_model: Path) -> None:
