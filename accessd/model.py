@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,19 +71,22 @@ class Contract:
         return c
 
 
-def _quiet_ort() -> Any:
-    import onnxruntime as ort
-
-    # Severity 3 (errors only): a missing CUDA library is an expected fallback
-    # on CPU machines, reported once by us below rather than as a red stack of
-    # loader errors. Set before any session exists.
-    ort.set_default_logger_severity(3)
-    return ort
+def _create_session(ort: Any, data: bytes, options: Any, providers: list[str]) -> Any:
+    # A CUDA provider whose libraries are missing is an expected fallback on CPU
+    # machines, but ORT reports it as a red ERROR stack while creating the
+    # session. Only fatal messages pass during creation; which provider we got
+    # is logged by the caller, and real load failures still raise.
+    ort.set_default_logger_severity(4)
+    try:
+        return ort.InferenceSession(data, sess_options=options, providers=providers)
+    finally:
+        ort.set_default_logger_severity(3)
 
 
 class SiameseModel:
     def __init__(self, path: Path, providers: tuple[str, ...] = ("CPUExecutionProvider",), threads: int = 0) -> None:
-        ort = _quiet_ort()
+        import onnxruntime as ort
+
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -99,10 +101,12 @@ class SiameseModel:
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self._session = ort.InferenceSession(data, sess_options=options, providers=wanted)
+            self._session = _create_session(ort, data, options, wanted)
         except Exception as exc:
             raise ModelError(f"model {path}: ONNX Runtime cannot load it ({exc})") from exc
         self.provider = self._session.get_providers()[0]
+        if self.provider != wanted[0]:
+            log.warning("%s is unavailable here (missing libraries?); falling back to %s", wanted[0], self.provider)
         meta = self._session.get_modelmeta().custom_metadata_map
         if CONTRACT_KEY not in meta:
             raise ModelError(
@@ -171,7 +175,3 @@ class SiameseModel:
         emb_b = self.embed(b[None])
         _, scores = self.embed_and_score(a[None], emb_b)
         return float(scores[0, 0])
-
-
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -61,7 +61,7 @@ def write_config(path: Path, model: Path, **sections: dict[str, object]) -> Path
     import yaml
 
     data: dict[str, object] = {
-        "model": {"path": str(model), "providers": ["CPUExecutionProvider"]},
+        "model": {"path": str(model)},  # default providers: CUDA first, CPU fallback
         "detector": {"models_dir": str(REPO / "models/detector")},
         "state_dir": str(path.parent / "state"),
         **sections,
@@ -98,15 +98,18 @@ def test_enrolled_person_granted_and_stranger_denied(tmp_path: Path, trained_mod
                         "--audit-log", str(log))
     assert result.returncode == 0, result.stderr[-3000:]
     records = audit(log)
+    summary = [(r["decision"], r["person"], r["frame"], r["ratio"], r["score"], r.get("closest")) for r in records]
     granted = [r for r in records if r["decision"] == "grant"]
     denied = [r for r in records if r["decision"] == "deny"]
-    assert granted, f"no grant: {records}\n{result.stderr[-2000:]}"
-    assert all(r["person"] == PERSON and int(r["frame"]) < boundary for r in granted), records
-    assert any(int(r["frame"]) >= boundary for r in denied), records
+    assert granted, f"no grant: {summary}"
+    assert all(r["person"] == PERSON and int(r["frame"]) < boundary for r in granted), summary
+    assert any(int(r["frame"]) >= boundary for r in denied), summary
     assert all(r["source"] == str(video) for r in records)
     assert all(Path(str(r["snapshot"])).is_file() for r in records)
     assert f"stopped after {n} frames" in result.stderr
     assert "decision=grant person=" + PERSON in result.stderr
+    # CUDA's absence is one warning of ours, not ONNX Runtime's red loader errors.
+    assert "[E:onnxruntime" not in result.stderr
 
 
 def test_corrupt_and_faceless_photos_are_skipped_by_name(tmp_path: Path, trained_model: Path) -> None:

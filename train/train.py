@@ -83,13 +83,18 @@ def load_training_faces(args: argparse.Namespace) -> Any:
     return relabel(faces) if seed else faces
 
 
-def split_validation(faces: Any, fraction: float, seed: int) -> tuple[Any, Any]:
-    """Hold out whole people (never photos) for threshold selection and monitoring."""
+def split_validation(faces: Any, fraction: float, seed: int) -> tuple[Any, Any | None]:
+    """Hold out whole people (never photos) for threshold selection and monitoring.
+
+    None when too few people have two photos (the seed layout has one person).
+    """
     from collections import Counter
 
     counts = Counter(faces.people)
     # Validation pairs need positives: hold out people with two or more photos.
     multi = sorted(p for p, c in counts.items() if c >= 2)
+    if len(multi) < 3:
+        return faces, None
     rng = np.random.default_rng(seed)
     size = min(len(multi) - 1, max(2, int(len(counts) * fraction)))
     val_people = set(rng.choice(multi, size=size, replace=False).tolist())
@@ -143,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         mean, std = train_faces.teacher.mean(0), train_faces.teacher.std(0) + 1e-6
         train_faces.teacher = (train_faces.teacher - mean) / std
     log.info("training on %d photos of %d people; validating on %d photos of %d other people",
-             len(train_faces), len(set(train_faces.people)), len(val_faces), len(set(val_faces.people)))
+             len(train_faces), len(set(train_faces.people)), len(val_faces or []),
+             len(set(val_faces.people)) if val_faces else 0)
 
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt, state_path = args.out / "checkpoint.keras", args.out / "state.json"
@@ -166,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             compile_model(model, args)
 
     sampler = PairSampler(train_faces, seed=args.seed + start_epoch)
-    val_sampler = PairSampler(val_faces, seed=1234)
-    val_pairs, val_labels = val_sampler.epoch(2000, hard_fraction=0.0)
+    if val_faces is not None:
+        val_pairs, val_labels = PairSampler(val_faces, seed=1234).epoch(2000, hard_fraction=0.0)
     crops = tf.constant(train_faces.crops)
     history = args.out / "history.jsonl"
     for epoch in range(start_epoch, args.epochs):
@@ -180,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         ds = make_dataset(train_faces, pairs, labels, args.batch_size, augment=True, crops_tensor=crops,
                           seed=args.seed + epoch)
         fit = model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=1 if os.isatty(1) else 2)
-        val = validation_report(model, val_faces, val_pairs, val_labels)
+        val = validation_report(model, val_faces, val_pairs, val_labels) if val_faces is not None else {}
         record = {"epoch": epoch + 1, "seconds": round(time.monotonic() - t0, 1),
                   **{k: float(v[-1]) for k, v in fit.history.items()}, **val}
         log.info("epoch %d: %s", epoch + 1, json.dumps(record))

@@ -95,3 +95,23 @@ def test_metrics_on_known_scores() -> None:
     assert kfold_accuracy(perfect, same, np.arange(100) % 10)[0] == 1.0
     flipped = roc(1 - perfect, same)
     assert auc(flipped) == 0.0
+
+
+def test_seed_layout_trains_under_mirrored_strategy(tmp_path: Path, cache_dir: Path) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    person = sorted((LFW / "Colin_Powell").glob("*.jpg"))
+    for folder, photos in (("anchor", person[:6]), ("positive", person[6:12]),
+                           ("negative", [next((LFW / p).glob("*.jpg")) for p in ("Tony_Blair", "Serena_Williams",
+                                                                                "Hugo_Chavez", "Ariel_Sharon",
+                                                                                "Junichiro_Koizumi", "Jean_Chretien")])):
+        (data / folder).mkdir(parents=True)
+        for p in photos:
+            shutil.copy(p, data / folder / p.name)
+    out = tmp_path / "run"
+    result = run_py("-m", "train.train", "--data", str(data), "--out", str(out), "--epochs", "1",
+                    "--pairs-per-epoch", "32", "--batch-size", "8", "--strategy", "mirrored",
+                    "--cache-dir", str(cache_dir), "--workers", "1")
+    assert (out / "checkpoint.keras").is_file()
+    assert "training on" in result.stderr

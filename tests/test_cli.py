@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import SAMPLES, run_py
+from tests.test_daemon import write_config
+
+
+def test_verify_same_and_different_people(tmp_path: Path, trained_model: Path) -> None:
+    cfg = write_config(tmp_path / "config.yaml", trained_model)
+    same = run_py("-m", "accessd", "verify", "--config", str(cfg), str(SAMPLES / "obama.jpg"),
+                  str(SAMPLES / "obama3.jpg"), check=False)
+    other = run_py("-m", "accessd", "verify", "--config", str(cfg), str(SAMPLES / "obama.jpg"),
+                   str(SAMPLES / "biden.jpg"), check=False)
+    s, o = json.loads(same.stdout), json.loads(other.stdout)
+    assert set(s) >= {"score", "match"} and s["score"] > o["score"]
+    assert (same.returncode, other.returncode) == (0 if s["match"] else 1, 0 if o["match"] else 1)
+
+
+def test_verify_names_a_photo_without_a_face(tmp_path: Path, trained_model: Path) -> None:
+    import cv2
+    import numpy as np
+
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
+    cfg = write_config(tmp_path / "config.yaml", trained_model)
+    result = run_py("-m", "accessd", "verify", "--config", str(cfg), str(SAMPLES / "obama.jpg"), str(blank),
+                    check=False)
+    assert result.returncode == 2 and "blank.png: no face found" in result.stderr
+
+
+def test_bench_json_shape(tmp_path: Path, trained_model: Path) -> None:
+    cfg = write_config(tmp_path / "config.yaml", trained_model)
+    result = run_py("-m", "accessd", "bench", "--config", str(cfg), "--json", "--sizes", "10,100", "--frames", "5")
+    report = json.loads(result.stdout)
+    sizes = [g["gallery_size"] for g in report["galleries"]]
+    assert sizes == [10, 100]
+    for g in report["galleries"]:
+        assert g["fps"] > 0 and 0 < g["latency_ms_p50"] <= g["latency_ms_p95"]
