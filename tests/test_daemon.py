@@ -159,3 +159,28 @@ def test_max_frames_stops_a_video_early(tmp_path: Path, trained_model: Path, fla
     result = run_daemon("run", "--config", str(cfg), "--source", str(video), flag, "7",
                         "--audit-log", str(tmp_path / "a.jsonl"))
     assert result.returncode == 0 and "stopped after 7 frames" in result.stderr, result.stderr[-2000:]
+
+
+def test_gallery_changes_are_picked_up_without_restart(tmp_path: Path, tiny_model: Path) -> None:
+    from accessd.config import load_config
+    from accessd.daemon import Daemon
+
+    gallery = tmp_path / "g"
+    enrol(gallery, PERSON, photos(PERSON)[:2])
+    cfg = write_config(tmp_path / "config.yaml", tiny_model, gallery={"dir": str(gallery)},
+                       audit={"path": str(tmp_path / "a.jsonl")})
+    daemon = Daemon(load_config(cfg))
+    try:
+        assert daemon.gallery.counts() == {PERSON: 2}
+        enrol(gallery, STRANGER, photos(STRANGER)[:1])
+        daemon._next_gallery_poll = 0.0
+        daemon._maybe_reload_gallery()
+        assert daemon.gallery.counts() == {PERSON: 2, STRANGER: 1}
+        shutil.rmtree(gallery / PERSON)
+        daemon._next_gallery_poll = 0.0
+        daemon._maybe_reload_gallery()
+        assert daemon.gallery.counts() == {STRANGER: 1}
+    finally:
+        daemon.actions.close()
+        daemon.audit.close()
+        daemon.pipeline.close()
