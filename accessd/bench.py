@@ -29,6 +29,7 @@ def shared_dir() -> Path:
 
 
 def bench_frame(face_photo: Image, width: int = 640, height: int = 480) -> Image:
+    """A plain grey frame with the photo pasted in its centre (benchmarks and test videos)."""
     frame = np.full((height, width, 3), 90, np.uint8)
     h, w = face_photo.shape[:2]
     y, x = (height - h) // 2, (width - w) // 2

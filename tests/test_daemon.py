@@ -15,22 +15,14 @@ import cv2
 import numpy as np
 import pytest
 
+from accessd.bench import bench_frame as paste
 from accessd.imageio import read_image
-from accessd.types import Image
 from tests.conftest import LFW, REPO, SHARED
 
 # People from pairsDevTest.txt: the shipped model never saw them in training.
 PERSON = "Donald_Rumsfeld"
 OTHER_ENROLLED = "Gerhard_Schroeder"
 STRANGER = "Jacques_Chirac"
-
-
-def paste(photo: Image, width: int = 640, height: int = 480) -> Image:
-    frame = np.full((height, width, 3), 70, np.uint8)
-    h, w = photo.shape[:2]
-    y, x = (height - h) // 2, (width - w) // 2
-    frame[y : y + h, x : x + w] = photo
-    return frame
 
 
 def photos(person: str) -> list[Path]:

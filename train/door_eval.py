@@ -3,7 +3,8 @@
     python -m train.door_eval --model models/accessd-compact.onnx \\
         --people ../shared/data/lfw-protocol/pairsDevTest.txt [--enrol 10] [--probes 10] [--json]
 
-Every person of the list with more than --enrol photos is enrolled with their
+Every person of the list with more than --enrol photos (or the first
+--gallery-people of them) is enrolled with their
 first --enrol photos; their next --probes photos are genuine attempts. Every
 photo of the list's other people is an impostor attempt against the whole
 gallery. Each attempt is decided by `accessd.decide.score_faces` (ratio above
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=shared / "data/lfw")
     p.add_argument("--enrol", type=int, default=10)
     p.add_argument("--probes", type=int, default=10)
+    p.add_argument("--gallery-people", type=int, default=0,
+                   help="enrol only the first N eligible people (a household door), 0 for all")
     p.add_argument("--verification", type=float, default=0.5)
     p.add_argument("--margin", type=float, default=0.2)
     p.add_argument("--cache-dir", type=Path, default=Path("cache"))
@@ -47,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     people = sorted(load_pairs(args.people).people)
     photos = {q: sorted(f"{q}/{f.name}" for f in (args.data / q).glob("*.jpg")) for q in people}
     enrolled = [q for q in people if len(photos[q]) > args.enrol]
+    if args.gallery_people:
+        enrolled = enrolled[: args.gallery_people]
     everyone = PairList(tuple(Pair(ph, ph, True, 0) for q in people for ph in photos[q]), 1)
     crops = pair_crops(everyone, args.data, model.input_size, model.contract.crop_margin, args.cache_dir)
     gal_photos = [ph for q in enrolled for ph in photos[q][: args.enrol]]

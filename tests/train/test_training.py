@@ -97,7 +97,7 @@ def test_metrics_on_known_scores() -> None:
     assert auc(flipped) == 0.0
 
 
-def test_seed_layout_trains_under_mirrored_strategy(tmp_path: Path, cache_dir: Path) -> None:
+def test_seed_layout_trains_under_mirrored_strategy_with_contrastive_loss(tmp_path: Path, cache_dir: Path) -> None:
     import shutil
 
     data = tmp_path / "data"
@@ -111,7 +111,9 @@ def test_seed_layout_trains_under_mirrored_strategy(tmp_path: Path, cache_dir: P
             shutil.copy(p, data / folder / p.name)
     out = tmp_path / "run"
     result = run_py("-m", "train.train", "--data", str(data), "--out", str(out), "--epochs", "1",
-                    "--pairs-per-epoch", "32", "--batch-size", "8", "--strategy", "mirrored",
+                    "--pairs-per-epoch", "32", "--batch-size", "8", "--strategy", "mirrored", "--loss", "contrastive",
                     "--cache-dir", str(cache_dir), "--workers", "1")
     assert (out / "checkpoint.keras").is_file()
-    assert "training on" in result.stderr
+    assert "training on 18 photos of 7 people" in result.stderr  # anchor+positive are one person
+    history = json.loads((out / "history.jsonl").read_text().splitlines()[0])
+    assert "distance_loss" in history
