@@ -22,7 +22,7 @@ from accessd.decide import DecisionMaker
 from accessd.gallery import Gallery
 from accessd.pipeline import Pipeline
 from accessd.source import FrameSource, open_source
-from accessd.types import Decision, Frame, Outcome
+from accessd.types import Decision, Frame, Image, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +119,16 @@ class Daemon:
         decision = decider.update(frame.index, frame.ts, analysis.results)
         if decision is None:
             return
-        crop = None
-        for face, c in zip(analysis.faces, analysis.crops, strict=True):
-            if any(r.face is face for r in analysis.results):
+        # Snapshot the face the decision is about: the granted person's, else the largest.
+        crop = analysis.crops[0] if analysis.crops else None
+        for c, r in zip(analysis.crops, analysis.results, strict=True):
+            if decision.person is not None and r.candidate == decision.person:
                 crop = c
                 break
         self._act(decision, crop)
 
-    def _act(self, decision: Decision, crop: object) -> None:
-        snapshot = self.audit.snapshot(decision, crop)  # type: ignore[arg-type]
+    def _act(self, decision: Decision, crop: Image | None) -> None:
+        snapshot = self.audit.snapshot(decision, crop)
         if snapshot:
             decision = Decision(**{**decision.__dict__, "snapshot": snapshot})
         try:

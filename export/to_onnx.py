@@ -87,10 +87,11 @@ def contract(model: Any, sha: str, state: dict[str, Any], report: dict[str, Any]
 
     embed, _ = parts(model)
     validation = state.get("validation", {})
-    # The pair threshold that is most accurate on held-out people. The daemon leans
-    # towards deny above it: a majority of a person's photos must match, with a
-    # margin over the runner-up, in K of N frames.
-    suggested = validation.get("val_threshold", 0.5)
+    # Deny-leaning: the lowest threshold at which at most 1% of stranger pairs of
+    # held-out people match (not the accuracy-maximising one, which lets ~10% of
+    # stranger pairs through). The daemon adds its own caution on top: a majority
+    # of a person's photos must match, with a margin, in K of N frames.
+    suggested = validation.get("val_threshold_far_1e-2", validation.get("val_threshold", 0.5))
     return {
         "format": 1,
         "input_size": [int(embed.input_shape[1]), int(embed.input_shape[2])],
@@ -108,6 +109,8 @@ def contract(model: Any, sha: str, state: dict[str, Any], report: dict[str, Any]
         "validation": validation,
         "evaluation": report or {},
         "detection_threshold": float(suggested),
+        # Most accurate on held-out people: the LFW-style operating point, not the door's.
+        "balanced_threshold": float(validation.get("val_threshold", 0.5)),
         "verification_threshold": 0.5,
         "weights_sha256": sha,
     }

@@ -22,7 +22,7 @@ from tests.conftest import LFW, REPO, SHARED
 # People from pairsDevTest.txt: the shipped model never saw them in training.
 PERSON = "Donald_Rumsfeld"
 OTHER_ENROLLED = "Gerhard_Schroeder"
-STRANGER = "Jacques_Chirac"
+STRANGER = "Jennifer_Capriati"
 
 
 def photos(person: str) -> list[Path]:
@@ -78,14 +78,17 @@ def test_enrolled_person_granted_and_stranger_denied(tmp_path: Path, trained_mod
     enrol(gallery, PERSON, person[:10])
     enrol(gallery, OTHER_ENROLLED, photos(OTHER_ENROLLED)[:10])
     video = tmp_path / "door.avi"
-    frames_per_photo = 6
-    n = write_video(video, [person[20:26], photos(STRANGER)[:6]], frames_per_photo)
-    boundary = 6 * frames_per_photo
+    frames_per_photo = 5
+    n = write_video(video, [person[20:30], photos(STRANGER)[:10]], frames_per_photo)
+    boundary = 10 * frames_per_photo
     log = tmp_path / "audit.jsonl"
     snaps = tmp_path / "snaps"
-    # Deny events at most every second (default 10 s): the video holds 3.6 s per person.
+    # The shipped model's own threshold admits 1% of stranger pairs and, with it, few
+    # single frames of enrolled people; 0.6 is the tuned operating point the README
+    # documents (train.door_eval). Deny events at most every second (default 10 s):
+    # the video holds 5 s per person.
     cfg = write_config(tmp_path / "config.yaml", trained_model, audit={"snapshots_dir": str(snaps)},
-                       decision={"deny_interval_s": 1.0})
+                       decision={"detection_threshold": 0.6, "deny_interval_s": 1.0})
     result = run_daemon("run", "--config", str(cfg), "--source", str(video), "--gallery", str(gallery),
                         "--audit-log", str(log))
     assert result.returncode == 0, result.stderr[-3000:]

@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     _, scores = model.embed_and_score(probe, gallery.embeddings)
     face = Face(0, 0, 1, 1, 1.0)
     rows = []
-    for t in np.round(np.arange(0.30, 0.96, 0.05), 2):
+    grid = set(np.round(np.arange(0.30, 0.96, 0.05), 2).tolist()) | {round(model.contract.detection_threshold, 3)}
+    for t in sorted(grid):
         th = Thresholds(float(t), args.verification, args.margin)
         results = score_faces([face] * len(attempts), scores, gallery, th)
         cand = [r.candidate for r in results]

@@ -5,10 +5,11 @@
 
 Faces go through the daemon's detect -> align code. A photo where no face is
 found is still scored, on a centred crop, so every pair of the list counts.
-`accuracy` uses the model's own threshold (chosen at training on held-out
-people, never on this list); `best_accuracy` is the oracle threshold on this
-list, or for multi-fold lists (pairs.txt) the 10-fold protocol: threshold picked
-on 9 folds, tested on the 10th.
+`accuracy` uses the model's most accurate threshold on people held out of
+training (never chosen on this list); `door_*` use the daemon's deny-leaning
+default threshold (1% false accepts on those people); `best_accuracy` is the
+oracle threshold on this list, or for multi-fold lists (pairs.txt) the 10-fold
+protocol: threshold picked on 9 folds, tested on the 10th.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class Scorer:
             self.onnx = SiameseModel(path)
             self.input_size = self.onnx.input_size
             self.margin = self.onnx.contract.crop_margin
-            self.threshold = self.onnx.contract.detection_threshold
+            self.threshold = float(self.onnx.contract.raw.get("balanced_threshold", 0.5))
+            self.door_threshold = self.onnx.contract.detection_threshold
         else:
             import keras
 
@@ -63,7 +65,10 @@ class Scorer:
             self.margin = 0.2
             state = path.with_name("state.json")
             val = json.loads(state.read_text()).get("validation", {}) if state.is_file() else {}
-            self.threshold = float(val.get("val_threshold", 0.5))  # as export/to_onnx.py suggests
+            # As export/to_onnx.py writes them: the most accurate threshold on held-out
+            # people, and the door's deny-leaning one (at most 1% false accepts there).
+            self.threshold = float(val.get("val_threshold", 0.5))
+            self.door_threshold = float(val.get("val_threshold_far_1e-2", self.threshold))
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         if hasattr(self, "onnx"):
@@ -206,6 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     folds = np.asarray([p.fold for p in pairs.pairs])
     threshold = args.threshold if args.threshold is not None else scorer.threshold
     result = {"model": str(args.model), "pairs_file": args.pairs.name, **report(scores, same, folds, threshold)}
+    door_precision, door_recall, _ = precision_recall_f1(scores, same, scorer.door_threshold)
+    result.update({
+        "door_threshold": scorer.door_threshold,
+        "door_accuracy": accuracy(scores, same, scorer.door_threshold),
+        "door_precision": door_precision,
+        "door_recall": door_recall,
+    })
     plots = plot(scores, same, args.plots or args.model.parent / f"eval-{args.pairs.stem}", args.pairs.name)
     result["plots"] = [str(x) for x in plots]
     if args.json:
