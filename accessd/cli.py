@@ -122,18 +122,21 @@ def _verify(config: Config, args: argparse.Namespace) -> int:
 
     pipeline = Pipeline(config)
     crops = []
-    for path in (args.image1, args.image2):
-        try:
-            image = read_image(path)
-        except ImageError as exc:
-            log.error("%s", exc)
-            return EXIT_CONFIG
-        face = largest(pipeline.detector.detect(image))
-        if face is None:
-            log.error("%s: no face found", path)
-            return EXIT_CONFIG
-        crops.append(pipeline.crop(image, face))
-    score = pipeline.model.score_pair(crops[0], crops[1])
+    try:
+        for path in (args.image1, args.image2):
+            try:
+                image = read_image(path)
+            except ImageError as exc:
+                log.error("%s", exc)
+                return EXIT_CONFIG
+            face = largest(pipeline.detector.detect(image))
+            if face is None:
+                log.error("%s: no face found", path)
+                return EXIT_CONFIG
+            crops.append(pipeline.crop(image, face))
+        score = pipeline.model.score_pair(crops[0], crops[1])
+    finally:
+        pipeline.close()
     match = score > pipeline.thresholds.detection
     print(json.dumps({"score": round(score, 6), "match": match, "threshold": pipeline.thresholds.detection}))
     return 0 if match else 1
@@ -143,7 +146,10 @@ def _enroll(config: Config, args: argparse.Namespace) -> int:
     from accessd.pipeline import Pipeline
 
     pipeline = Pipeline(config)
-    gallery = pipeline.load_gallery(args.gallery)
+    try:
+        gallery = pipeline.load_gallery(args.gallery)
+    finally:
+        pipeline.close()
     for person, count in gallery.counts().items():
         print(f"{person}\t{count}")
     for skipped in gallery.skipped:

@@ -112,7 +112,7 @@ def test_corrupt_and_faceless_photos_are_skipped_by_name(tmp_path: Path, trained
     enrol(gallery, PERSON, photos(PERSON)[:3])
     (gallery / PERSON / "corrupt.jpg").write_bytes(photos(PERSON)[3].read_bytes()[:300])
     cv2.imwrite(str(gallery / PERSON / "wall.png"), np.full((200, 200, 3), 200, np.uint8))
-    cv2.imwrite(str(gallery / "owner.jpg"), cv2.imread(str(photos(STRANGER)[0])))  # no person folder
+    cv2.imwrite(str(gallery / "owner.jpg"), cv2.imread(str(photos(STRANGER)[1])))  # no person folder
     cfg = write_config(tmp_path / "config.yaml", trained_model)
     result = run_daemon("enroll", "--list", "--config", str(cfg), "--gallery", str(gallery))
     assert result.returncode == 0, result.stderr
@@ -167,7 +167,7 @@ def test_gallery_changes_are_picked_up_without_restart(tmp_path: Path, tiny_mode
     daemon = Daemon(load_config(cfg))
     try:
         assert daemon.gallery.counts() == {PERSON: 2}
-        enrol(gallery, STRANGER, photos(STRANGER)[:1])
+        enrol(gallery, STRANGER, photos(STRANGER)[1:2])
         daemon._next_gallery_poll = 0.0
         daemon._maybe_reload_gallery()
         assert daemon.gallery.counts() == {PERSON: 2, STRANGER: 1}
