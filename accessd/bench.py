@@ -64,6 +64,23 @@ def build_gallery(pipeline: Pipeline, size: int, photos: list[Path]) -> Gallery:
     )
 
 
+def run_detector_bench(config: Config, photos: int = 40) -> int:
+    """Faces found by each BlazeFace model on LFW faces pasted into 640x480 and 1280x720 frames."""
+    from accessd.detector import FaceDetector
+    from accessd.provision import MODELS, model_path
+
+    people = sorted(p for p in (shared_dir() / "data/lfw").iterdir() if p.is_dir())[:photos]
+    faces = [read_image(sorted(p.glob("*.jpg"))[0]) for p in people]
+    report = {}
+    for name in MODELS:
+        with FaceDetector(model_path(config.detector.models_dir, name), config.detector.min_confidence) as det:
+            for w, h in ((640, 480), (1280, 720)):
+                found = sum(1 for f in faces if det.detect(bench_frame(f, w, h)))
+                report[f"{name}@{w}x{h}"] = f"{found}/{len(faces)}"
+    print(json.dumps(report))
+    return 0
+
+
 def run_bench(config: Config, sizes: list[int], frames: int, as_json: bool) -> int:
     lfw = shared_dir() / "data/lfw"
     photos = sorted(lfw.glob("*/*.jpg"))[: max(sizes) + 50]

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--sizes", default="10,100,1000")
     bench.add_argument("--frames", type=int, default=200)
+    bench.add_argument("--detectors", action="store_true",
+                       help="instead: faces found by each detector model at 640x480 and 1280x720")
 
     check = sub.add_parser("check-config", help="validate the config and exit 0, or 2 listing every problem")
     _config_arg(check)
@@ -90,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "enroll":
         return _enroll(config, args)
     if args.command == "bench":
-        from accessd.bench import run_bench
+        from accessd.bench import run_bench, run_detector_bench
 
+        if args.detectors:
+            return run_detector_bench(config)
         return run_bench(config, [int(s) for s in args.sizes.split(",")], args.frames, args.json)
     return 1
 

@@ -1,0 +1,112 @@
+"""Live sources against a real MJPEG-over-HTTP stream served on 127.0.0.1."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from accessd.config import SourceConfig
+from accessd.source import LiveSource, VideoFileSource, open_source
+
+
+class MjpegCamera:
+    """Serves `frames_per_connection` JPEG frames per connection, then hangs up (a camera that drops)."""
+
+    def __init__(self, frames_per_connection: int = 15, fps: float = 30.0) -> None:
+        self.connections = 0
+        jpeg = cv2.imencode(".jpg", np.full((240, 320, 3), 100, np.uint8))[1].tobytes()
+        camera = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                camera.connections += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                try:
+                    for _ in range(frames_per_connection):
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                                         + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
+                        time.sleep(1.0 / fps)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/stream.mjpg"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def camera() -> Iterator[MjpegCamera]:
+    cam = MjpegCamera()
+    yield cam
+    cam.close()
+
+
+def test_stream_that_drops_is_reconnected_and_logged_once_per_outage(
+        camera: MjpegCamera, caplog: pytest.LogCaptureFixture) -> None:
+    stop = threading.Event()
+    source = LiveSource(camera.url, SourceConfig(uri=camera.url, reconnect_initial_s=0.1), stop)
+    frames = []
+    deadline = time.monotonic() + 20
+    while camera.connections < 3 and time.monotonic() < deadline:
+        frame = source.read(timeout=0.5)
+        if frame is not None:
+            frames.append(frame)
+    stop.set()
+    source.close()
+    assert camera.connections >= 3, "the source did not reconnect after the stream dropped"
+    assert source.reconnects >= 2
+    assert len(frames) >= 20 and frames[0].image.shape == (240, 320, 3)
+    assert [f.index for f in frames] == sorted(f.index for f in frames)
+    drops = caplog.text.count("stream dropped; reconnecting")
+    assert drops == source.reconnects or drops == source.reconnects + 1  # one line per outage
+
+
+def test_slow_consumer_gets_the_newest_frame_and_drops_are_counted(camera: MjpegCamera) -> None:
+    stop = threading.Event()
+    source = LiveSource(camera.url, SourceConfig(uri=camera.url), stop)
+    first = None
+    deadline = time.monotonic() + 10
+    while first is None and time.monotonic() < deadline:
+        first = source.read(timeout=0.5)
+    time.sleep(0.3)  # a slow frame: the capture thread keeps overwriting its one slot
+    newest = source.read(timeout=0.5)
+    stop.set()
+    source.close()
+    assert first is not None and newest is not None
+    assert newest.index - first.index > 1 and source.dropped >= 1
+
+
+def test_video_file_reads_every_frame_with_stream_timestamps(tmp_path: Path) -> None:
+    path = tmp_path / "v.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    for i in range(12):
+        writer.write(np.full((48, 64, 3), i * 20, np.uint8))
+    writer.release()
+    source = open_source(str(path), SourceConfig(), threading.Event())
+    assert isinstance(source, VideoFileSource)
+    frames = []
+    while (frame := source.read(timeout=0.1)) is not None:
+        frames.append(frame)
+    assert source.finished and len(frames) == 12
+    assert [f.index for f in frames] == list(range(12)) and frames[10].ts == pytest.approx(1.0)
+
+
+def test_missing_video_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(OSError, match="nope.avi"):
+        open_source(str(tmp_path / "nope.avi"), SourceConfig(), threading.Event())
