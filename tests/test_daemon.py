@@ -179,3 +179,58 @@ def test_gallery_changes_are_picked_up_without_restart(tmp_path: Path, tiny_mode
         daemon.actions.close()
         daemon.audit.close()
         daemon.pipeline.close()
+
+
+def _in_process_daemon(tmp_path: Path, model: Path, hook_out: Path, **sections: dict[str, object]) -> object:
+    from accessd.config import load_config
+    from accessd.daemon import Daemon
+
+    gallery = tmp_path / "g"
+    enrol(gallery, PERSON, photos(PERSON)[:10])
+    hook = {"argv": [sys.executable, "-c", f"open({str(hook_out)!r}, 'a').write('fired\\n')"], "on": ["grant", "deny"]}
+    cfg = write_config(tmp_path / "config.yaml", model, gallery={"dir": str(gallery)},
+                       actions={"hooks": [hook]},
+                       decision={"detection_threshold": 0.6, "deny_interval_s": 0.5}, **sections)
+    return Daemon(load_config(cfg))
+
+
+def test_errors_on_frames_fail_closed_and_the_loop_goes_on(tmp_path: Path, trained_model: Path) -> None:
+    import threading
+
+    video = tmp_path / "v.avi"
+    write_video(video, [photos(PERSON)[20:26]], 5)
+    hooks = tmp_path / "hooks.txt"
+    daemon = _in_process_daemon(tmp_path, trained_model, hooks, audit={"path": str(tmp_path / "a.jsonl")})
+    real = daemon.pipeline.analyse  # type: ignore[attr-defined]
+    failed: list[int] = []
+
+    def flaky(image: np.ndarray, gallery: object) -> object:
+        n = len(failed) + 1
+        if n <= 20:  # the model blows up on the first 20 frames
+            failed.append(n)
+            raise RuntimeError("injected model failure")
+        return real(image, gallery)
+
+    daemon.pipeline.analyse = flaky  # type: ignore[attr-defined]
+    daemon.source_uri = str(video)  # type: ignore[attr-defined]
+    assert daemon.run(threading.Event()) == 0  # type: ignore[attr-defined]
+    assert daemon.stats.frames == 30 and daemon.stats.errors == 20  # type: ignore[attr-defined]
+    records = audit(tmp_path / "a.jsonl")
+    # No decision came from a failed frame; the loop went on and decided on the good ones.
+    assert all(int(r["frame"]) >= 20 for r in records), records
+
+
+def test_audit_disk_full_withholds_actions_and_keeps_running(tmp_path: Path, trained_model: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    import threading
+
+    video = tmp_path / "v.avi"
+    write_video(video, [photos(PERSON)[20:26]], 5)
+    hooks = tmp_path / "hooks.txt"
+    daemon = _in_process_daemon(tmp_path, trained_model, hooks, audit={"path": "/dev/full"})
+    daemon.source_uri = str(video)  # type: ignore[attr-defined]
+    assert daemon.run(threading.Event()) == 0  # type: ignore[attr-defined]
+    assert daemon.stats.frames == 30  # type: ignore[attr-defined]
+    assert daemon.stats.errors >= 1 and sum(daemon.stats.decisions.values()) == 0  # type: ignore[attr-defined]
+    assert "not recorded, actions withheld" in caplog.text and "No space left" in caplog.text
+    assert not hooks.exists()  # no hook ran for an unrecorded decision
