@@ -104,19 +104,30 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     from accessd.daemon import Daemon, install_signal_handlers
     from accessd.detector import DetectorError
     from accessd.model import ModelError
+    from accessd.notify import Notifier
 
-    if args.gallery:
-        config = dataclasses.replace(config, gallery=dataclasses.replace(config.gallery, dir=args.gallery))
-    if args.audit_log:
-        config = dataclasses.replace(config, audit=dataclasses.replace(config.audit, path=args.audit_log))
-    stop = threading.Event()
-    install_signal_handlers(stop)
+    def with_overrides(config: Config) -> Config:
+        # Command-line flags win over the file, at start-up and at every reload.
+        if args.gallery:
+            config = dataclasses.replace(config, gallery=dataclasses.replace(config.gallery, dir=args.gallery))
+        if args.audit_log:
+            config = dataclasses.replace(config, audit=dataclasses.replace(config.audit, path=args.audit_log))
+        return config
+
+    stop, reload = threading.Event(), threading.Event()
+    install_signal_handlers(stop, reload)
+    notifier = Notifier()
     try:
-        daemon = Daemon(config, args.source)
+        daemon = Daemon(with_overrides(config), args.source, lambda: with_overrides(_load(args.config)),
+                        notifier, reload)
     except (ModelError, DetectorError, ConfigError, OSError) as exc:
         log.error("cannot start: %s", exc)
+        notifier.close()
         return 1
-    return daemon.run(stop, args.max_frames)
+    try:
+        return daemon.run(stop, args.max_frames)
+    finally:
+        notifier.close()
 
 
 def _verify(config: Config, args: argparse.Namespace) -> int:

@@ -11,15 +11,17 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 from accessd.actions import Actions
 from accessd.audit import AuditError, AuditLog
-from accessd.config import Config
+from accessd.config import Config, ConfigError
 from accessd.decide import DecisionMaker
 from accessd.gallery import Gallery
+from accessd.notify import Notifier
 from accessd.pipeline import Pipeline
 from accessd.source import FrameSource, open_source
 from accessd.types import Decision, Frame, Image, Outcome
@@ -27,6 +29,11 @@ from accessd.types import Decision, Frame, Image, Outcome
 log = logging.getLogger(__name__)
 
 GALLERY_POLL_S = 1.0
+STATUS_EVERY_S = 5.0
+
+
+def _pipeline_changed(old: Config, new: Config) -> bool:
+    return (old.model, old.detector, old.state_dir) != (new.model, new.detector, new.state_dir)
 
 
 @dataclass
@@ -41,13 +48,21 @@ class Stats:
         return self.frames / max(time.monotonic() - self.started, 1e-9)
 
 
-def install_signal_handlers(stop: threading.Event) -> None:
+def install_signal_handlers(stop: threading.Event, reload: threading.Event | None = None) -> None:
+    """SIGTERM/SIGINT set the one stop event; SIGHUP asks the loop to reload config and gallery."""
+
     def handle(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s; stopping after the current frame", signal.Signals(signum).name)
         stop.set()
 
+    def handle_hup(_signum: int, _frame: FrameType | None) -> None:
+        if reload is not None:
+            reload.set()
+
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+    if reload is not None:
+        signal.signal(signal.SIGHUP, handle_hup)
 
 
 def gallery_signature(root: Path) -> tuple[tuple[str, int, int], ...]:
@@ -66,9 +81,20 @@ def gallery_signature(root: Path) -> tuple[tuple[str, int, int], ...]:
 
 
 class Daemon:
-    def __init__(self, config: Config, source_uri: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        source_uri: str | None = None,
+        reload_config: Callable[[], Config] | None = None,
+        notifier: Notifier | None = None,
+        reload_requested: threading.Event | None = None,
+    ) -> None:
         self.config = config
         self.source_uri = source_uri or config.source.uri
+        self.reload_requested = reload_requested or threading.Event()
+        self._reload_config = reload_config
+        self.notifier = notifier or Notifier({})
+        self._next_status = 0.0
         self.pipeline = Pipeline(config)
         self.gallery: Gallery = self.pipeline.load_gallery()
         self._gallery_sig = gallery_signature(config.gallery.dir)
@@ -86,10 +112,18 @@ class Daemon:
         decider = DecisionMaker(self.config.decision, source.name)
         log.info("running on %s with %d enrolled photos of %d people",
                  source.name, len(self.gallery), len(self.gallery.people))
+        self.notifier.ready(self._status(source))
         try:
             while not stop.is_set():
                 if max_frames and self.stats.frames >= max_frames:
                     break
+                # Pinged from the frame loop only: a hung loop stops the pings.
+                self.notifier.watchdog()
+                self._report_status(source)
+                if self.reload_requested.is_set():
+                    self.reload_requested.clear()
+                    if self._reload():
+                        decider = DecisionMaker(self.config.decision, source.name)
                 frame = source.read(timeout=0.5)
                 if frame is None:
                     if source.finished:
@@ -98,6 +132,7 @@ class Daemon:
                 self._maybe_reload_gallery()
                 self._process(frame, decider, source)
         finally:
+            self.notifier.stopping()
             source.close()
             self.actions.close(wait=True)
             self.audit.close()
@@ -145,6 +180,51 @@ class Daemon:
             decision.frame, decision.source, decision.reason,
         )
         self.actions.fire(decision, record)
+
+    def _status(self, source: FrameSource) -> str:
+        camera = "connected" if getattr(source, "connected", True) else "reconnecting"
+        return (f"{self.stats.fps():.1f} frames/s, gallery {len(self.gallery)} photos of "
+                f"{len(self.gallery.people)} people, camera {camera}")
+
+    def _report_status(self, source: FrameSource) -> None:
+        now = time.monotonic()
+        if now >= self._next_status:
+            self._next_status = now + STATUS_EVERY_S
+            self.notifier.status(self._status(source))
+
+    def _reload(self) -> bool:
+        """Apply a new config (SIGHUP); an invalid one is refused and the last good one kept."""
+        if self._reload_config is None:
+            return False
+        self.notifier.reloading()
+        try:
+            config = self._reload_config()
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload refused: %s", problem)
+            log.error("keeping the previous configuration")
+            self.notifier.send("READY=1")
+            return False
+        try:
+            pipeline = Pipeline(config) if _pipeline_changed(self.config, config) else self.pipeline
+            gallery = pipeline.load_gallery()
+            audit = (AuditLog(config.audit.path, config.audit.snapshots_dir)
+                     if config.audit != self.config.audit else self.audit)
+            actions = Actions(config.actions)
+        except Exception:
+            log.exception("reload refused; keeping the previous configuration")
+            self.notifier.send("READY=1")
+            return False
+        if pipeline is not self.pipeline:
+            self.pipeline.close()
+        if audit is not self.audit:
+            self.audit.close()
+        self.actions.close(wait=False)
+        self.config, self.pipeline, self.gallery, self.audit, self.actions = config, pipeline, gallery, audit, actions
+        self._gallery_sig = gallery_signature(config.gallery.dir)
+        log.info("reloaded configuration: %d enrolled photos of %d people", len(gallery), len(gallery.people))
+        self.notifier.send("READY=1")
+        return True
 
     def _maybe_reload_gallery(self) -> None:
         now = time.monotonic()
