@@ -26,17 +26,39 @@ class AuditError(OSError):
 
 
 class AuditLog:
-    def __init__(self, path: Path, snapshots_dir: Path | None = None) -> None:
+    def __init__(self, path: Path, snapshots_dir: Path | None = None, max_bytes: int = 0, keep: int = 5) -> None:
         self.path = path
         self.snapshots_dir = snapshots_dir
+        self.max_bytes = max_bytes
+        self.keep = keep
         self._lock = threading.Lock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if snapshots_dir is not None:
                 snapshots_dir.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            self._fd = self._open()
         except OSError as exc:
             raise AuditError(f"audit log {path}: {exc.strerror or exc}") from exc
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+
+    def _rotate_if_needed(self, incoming: int) -> None:
+        """audit.jsonl -> .1 -> .2 ...; whole records only, the oldest beyond `keep` dropped."""
+        if not self.max_bytes or not self.path.is_file():
+            return
+        if os.fstat(self._fd).st_size + incoming <= self.max_bytes or os.fstat(self._fd).st_size == 0:
+            return
+        os.close(self._fd)
+        for i in range(self.keep - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
+        if self.keep > 0:
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink()
+        self._fd = self._open()
 
     def snapshot(self, decision: Decision, crop: Image | None) -> str | None:
         if self.snapshots_dir is None or crop is None:
@@ -53,6 +75,7 @@ class AuditLog:
         line = (json.dumps(record, sort_keys=False) + "\n").encode()
         with self._lock:
             try:
+                self._rotate_if_needed(len(line))
                 written = os.write(self._fd, line)
                 if written != len(line):
                     raise AuditError(f"audit log {self.path}: short write ({written} of {len(line)} bytes)")

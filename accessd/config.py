@@ -37,6 +37,8 @@ class SourceConfig:
     height: int = 0
     reconnect_initial_s: float = 0.5
     reconnect_max_s: float = 30.0
+    # A stream that sends nothing for this long is treated as dropped and reopened.
+    stall_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ class ActionsConfig:
 class AuditConfig:
     path: Path = Path("state/audit.jsonl")
     snapshots_dir: Path | None = None  # a JPEG of the face per decision when set
+    max_bytes: int = 50_000_000  # rotate the log past this size ...
+    keep: int = 5  # ... keeping this many old files (audit.jsonl.1 is the newest)
 
 
 @dataclass(frozen=True)

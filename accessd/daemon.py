@@ -99,7 +99,8 @@ class Daemon:
         self.gallery: Gallery = self.pipeline.load_gallery()
         self._gallery_sig = gallery_signature(config.gallery.dir)
         self._next_gallery_poll = time.monotonic() + GALLERY_POLL_S
-        self.audit = AuditLog(config.audit.path, config.audit.snapshots_dir)
+        self.audit = AuditLog(config.audit.path, config.audit.snapshots_dir, config.audit.max_bytes,
+                              config.audit.keep)
         self.actions = Actions(config.actions)
         self.stats = Stats()
 
@@ -208,7 +209,8 @@ class Daemon:
         try:
             pipeline = Pipeline(config) if _pipeline_changed(self.config, config) else self.pipeline
             gallery = pipeline.load_gallery()
-            audit = (AuditLog(config.audit.path, config.audit.snapshots_dir)
+            audit = (AuditLog(config.audit.path, config.audit.snapshots_dir, config.audit.max_bytes,
+                              config.audit.keep)
                      if config.audit != self.config.audit else self.audit)
             actions = Actions(config.actions)
         except Exception:

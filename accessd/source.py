@@ -37,7 +37,13 @@ class FrameSource(Protocol):
 
 def _open_capture(uri: str, config: SourceConfig) -> Any:
     target: int | str = int(uri) if uri.isdigit() else uri
-    cap = cv2.VideoCapture(target)
+    if isinstance(target, str) and "://" in target:
+        # Without these a stalled network stream blocks read() for as long as FFmpeg likes.
+        timeout_ms = int(config.stall_timeout_s * 1000)
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+        cap = cv2.VideoCapture(target, cv2.CAP_ANY, params)
+    else:
+        cap = cv2.VideoCapture(target)
     if cap.isOpened() and isinstance(target, int):
         if config.width:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, config.width)

@@ -47,3 +47,18 @@ def test_kill_9_mid_run_leaves_only_whole_lines(tmp_path: Path) -> None:
     assert len(lines) > 50
     for line in lines:
         json.loads(line)
+
+
+def test_rotation_by_size_keeps_n_files_of_whole_records(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, max_bytes=1000, keep=2)
+    for i in range(60):
+        log.append(decision(i))
+    log.close()
+    files = sorted(tmp_path.iterdir())
+    assert [f.name for f in files] == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]
+    frames = []
+    for f in (path.with_name("audit.jsonl.2"), path.with_name("audit.jsonl.1"), path):
+        assert f.stat().st_size <= 1000
+        frames += [json.loads(line)["frame"] for line in f.read_text().splitlines()]
+    assert frames == list(range(60 - len(frames), 60))  # the newest records, in order, none torn

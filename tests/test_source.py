@@ -110,3 +110,29 @@ def test_video_file_reads_every_frame_with_stream_timestamps(tmp_path: Path) -> 
 def test_missing_video_file_is_an_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="nope.avi"):
         open_source(str(tmp_path / "nope.avi"), SourceConfig(), threading.Event())
+
+
+def test_stream_that_stalls_is_reopened(caplog: pytest.LogCaptureFixture) -> None:
+    # 10 frames, then silence with the connection held open (a hung camera).
+    camera = MjpegCamera(frames_per_connection=10, fps=30)
+    original = camera.server.RequestHandlerClass.do_GET
+
+    def stalling_get(handler: BaseHTTPRequestHandler) -> None:
+        original(handler)  # type: ignore[arg-type]
+        time.sleep(30)
+
+    camera.server.RequestHandlerClass.do_GET = stalling_get  # type: ignore[attr-defined]
+    stop = threading.Event()
+    source = LiveSource(camera.url, SourceConfig(uri=camera.url, stall_timeout_s=2.0, reconnect_initial_s=0.1),
+                        stop)
+    try:
+        t0 = time.monotonic()
+        while camera.connections < 2 and time.monotonic() - t0 < 15:
+            source.read(timeout=0.5)
+        assert camera.connections >= 2, "a stalled stream was never reopened"
+        assert time.monotonic() - t0 < 10
+        assert "stream dropped; reconnecting" in caplog.text
+    finally:
+        stop.set()
+        source.close()
+        camera.close()
