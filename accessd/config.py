@@ -79,6 +79,11 @@ class DecisionConfig:
     confirm_window: int = 5  # ... among the last N frames with a face
     grant_cooldown_s: float = 5.0
     deny_interval_s: float = 10.0  # at most one deny event per interval
+    # After this many denies within lockout_window_s, no one is granted for lockout_s
+    # (someone trying faces or photos at the door); 0 disables the lockout.
+    lockout_denies: int = 5
+    lockout_window_s: float = 120.0
+    lockout_s: float = 300.0
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,8 @@ class DecisionMaker:
         self._history: deque[_Seen | None] = deque(maxlen=config.confirm_window)
         self._grant_after = float("-inf")
         self._deny_after = float("-inf")
+        self._denies: deque[float] = deque()
+        self._locked_until = float("-inf")
 
     def update(self, frame: int, ts: float, results: list[FaceResult]) -> Decision | None:
         """Feed one frame's face results; return a decision when one is due."""
@@ -81,8 +83,14 @@ class DecisionMaker:
         for person in dict.fromkeys(people):
             if people.count(person) >= k and ts >= self._grant_after:
                 best = max((s.result for s in seen if s.person == person), key=_ratio_score)
-                self._grant_after = ts + self.config.grant_cooldown_s
                 self._history.clear()
+                if ts < self._locked_until:
+                    if ts < self._deny_after:
+                        return None
+                    self._deny_after = ts + self.config.deny_interval_s
+                    left = self._locked_until - ts
+                    return self._decision(Outcome.DENY, None, best, frame, ts, f"locked out ({left:.0f} s left)")
+                self._grant_after = ts + self.config.grant_cooldown_s
                 return self._decision(Outcome.GRANT, person, best, frame, ts, "verified")
         unknown = [s.result for s in seen if s.person is None]
         if len(unknown) >= k and ts >= self._deny_after:
@@ -90,8 +98,23 @@ class DecisionMaker:
             self._history.clear()
             best = max(unknown, key=_ratio_score)
             reason = _deny_reason(best, self.config.verification_threshold)
+            if self._count_deny(ts):
+                reason += f"; lockout for {self.config.lockout_s:.0f} s after {len(self._denies)} denies"
             return self._decision(Outcome.DENY, None, best, frame, ts, reason)
         return None
+
+    def _count_deny(self, ts: float) -> bool:
+        """Record a deny; True when it starts a lockout."""
+        cfg = self.config
+        if cfg.lockout_denies <= 0:
+            return False
+        self._denies.append(ts)
+        while self._denies and self._denies[0] < ts - cfg.lockout_window_s:
+            self._denies.popleft()
+        if len(self._denies) >= cfg.lockout_denies and ts >= self._locked_until:
+            self._locked_until = ts + cfg.lockout_s
+            return True
+        return False
 
     @staticmethod
     def _pick(results: list[FaceResult]) -> _Seen | None:

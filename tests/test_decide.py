@@ -94,3 +94,29 @@ def test_denies_are_rate_limited() -> None:
 def test_no_faces_no_decision() -> None:
     dm = DecisionMaker(DecisionConfig(), "test")
     assert all(dm.update(i, i, []) is None for i in range(50))
+
+
+def test_repeated_denies_lock_out_grants_and_say_so() -> None:
+    cfg = DecisionConfig(confirm_frames=1, confirm_window=1, deny_interval_s=1.0, lockout_denies=3,
+                         lockout_window_s=60.0, lockout_s=100.0)
+    dm = DecisionMaker(cfg, "test")
+    denies = [dm.update(i, float(i * 2), result(None)) for i in range(3)]
+    assert all(d is not None and d.outcome is Outcome.DENY for d in denies)
+    assert denies[-1] is not None and "lockout for 100 s after 3 denies" in denies[-1].reason
+    locked = dm.update(10, 10.0, result("ann"))
+    assert locked is not None and locked.outcome is Outcome.DENY and locked.reason.startswith("locked out")
+    assert dm.update(11, 10.5, result("ann")) is None  # rate-limited like any deny
+    after = dm.update(12, 105.0, result("ann"))
+    assert after is not None and after.outcome is Outcome.GRANT
+
+
+def test_lockout_can_be_disabled_and_old_denies_expire() -> None:
+    dm = DecisionMaker(DecisionConfig(confirm_frames=1, confirm_window=1, deny_interval_s=1.0, lockout_denies=0), "t")
+    for i in range(10):
+        dm.update(i, float(i * 2), result(None))
+    assert dm.update(100, 30.0, result("ann")).outcome is Outcome.GRANT  # type: ignore[union-attr]
+    spaced = DecisionMaker(DecisionConfig(confirm_frames=1, confirm_window=1, deny_interval_s=1.0,
+                                          lockout_denies=3, lockout_window_s=10.0), "t")
+    for i in range(5):
+        spaced.update(i, float(i * 20), result(None))  # one deny every 20 s: never 3 within 10 s
+    assert spaced.update(100, 200.0, result("ann")).outcome is Outcome.GRANT  # type: ignore[union-attr]
