@@ -104,12 +104,13 @@ class Daemon:
         self.actions = Actions(config.actions)
         self.stats = Stats()
 
-    def run(self, stop: threading.Event, max_frames: int = 0) -> int:
-        try:
-            source = open_source(self.source_uri, self.config.source, stop)
-        except OSError as exc:
-            log.error("%s", exc)
-            return 1
+    def run(self, stop: threading.Event, max_frames: int = 0, source: FrameSource | None = None) -> int:
+        if source is None:
+            try:
+                source = open_source(self.source_uri, self.config.source, stop)
+            except OSError as exc:
+                log.error("%s", exc)
+                return 1
         decider = DecisionMaker(self.config.decision, source.name)
         log.info("running on %s with %d enrolled photos of %d people",
                  source.name, len(self.gallery), len(self.gallery.people))

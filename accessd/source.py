@@ -57,9 +57,10 @@ def is_file_source(uri: str) -> bool:
 
 
 class VideoFileSource:
-    def __init__(self, path: Path, config: SourceConfig) -> None:
+    def __init__(self, path: Path, config: SourceConfig, loop: bool = False) -> None:
         self.name = str(path)
         self.finished = False
+        self._path, self._config, self._loop = path, config, loop
         self._cap = _open_capture(str(path), config)
         if not self._cap.isOpened():
             raise OSError(f"source {path}: cannot open video file")
@@ -68,6 +69,11 @@ class VideoFileSource:
 
     def read(self, timeout: float) -> Frame | None:
         ok, image = self._cap.read()
+        if (not ok or image is None) and self._loop and self._index:
+            # Soak runs replay the file forever; timestamps keep increasing.
+            self._cap.release()
+            self._cap = _open_capture(str(self._path), self._config)
+            ok, image = self._cap.read()
         if not ok or image is None:
             self.finished = True
             return None
