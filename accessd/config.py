@@ -119,6 +119,12 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    host: str = "127.0.0.1"  # Prometheus endpoint; keep it on loopback unless a scraper needs it
+    port: int = 9464  # 0 disables the endpoint
+
+
+@dataclass(frozen=True)
 class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -127,6 +133,7 @@ class Config:
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     actions: ActionsConfig = field(default_factory=ActionsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     state_dir: Path = Path("state")  # caches (gallery embeddings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -21,6 +21,7 @@ from accessd.audit import AuditError, AuditLog
 from accessd.config import Config, ConfigError
 from accessd.decide import DecisionMaker
 from accessd.gallery import Gallery
+from accessd.metrics import Metrics
 from accessd.notify import Notifier
 from accessd.pipeline import Pipeline
 from accessd.source import FrameSource, open_source
@@ -103,6 +104,13 @@ class Daemon:
                               config.audit.keep)
         self.actions = Actions(config.actions)
         self.stats = Stats()
+        self.metrics = Metrics()
+        self.metrics.provider.info({"provider": self.pipeline.model.provider})
+        self._gallery_metrics()
+
+    def _gallery_metrics(self) -> None:
+        self.metrics.gallery_photos.set(len(self.gallery))
+        self.metrics.gallery_people.set(len(self.gallery.people))
 
     def run(self, stop: threading.Event, max_frames: int = 0, source: FrameSource | None = None) -> int:
         if source is None:
@@ -114,6 +122,12 @@ class Daemon:
         decider = DecisionMaker(self.config.decision, source.name)
         log.info("running on %s with %d enrolled photos of %d people",
                  source.name, len(self.gallery), len(self.gallery.people))
+        if self.config.metrics.port:
+            try:
+                self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
+            except OSError as exc:
+                log.error("metrics.port %d on %s: %s; running without metrics",
+                          self.config.metrics.port, self.config.metrics.host, exc.strerror or exc)
         self.notifier.ready(self._status(source))
         try:
             while not stop.is_set():
@@ -126,15 +140,18 @@ class Daemon:
                     self.reload_requested.clear()
                     if self._reload():
                         decider = DecisionMaker(self.config.decision, source.name)
+                t0 = time.perf_counter()
                 frame = source.read(timeout=0.5)
                 if frame is None:
                     if source.finished:
                         break
                     continue
+                self.metrics.stage_seconds.labels("capture").observe(time.perf_counter() - t0)
                 self._maybe_reload_gallery()
                 self._process(frame, decider, source)
         finally:
             self.notifier.stopping()
+            self.metrics.close()
             source.close()
             self.actions.close(wait=True)
             self.audit.close()
@@ -145,15 +162,21 @@ class Daemon:
 
     def _process(self, frame: Frame, decider: DecisionMaker, source: FrameSource) -> None:
         self.stats.frames += 1
+        self.metrics.frames.inc()
         try:
             analysis = self.pipeline.analyse(frame.image, self.gallery)
-        except Exception:
+        except Exception:  # fail closed: a broken frame is never a grant
             self.stats.errors += 1
+            self.metrics.frame_errors.inc()
             log.exception("frame %d: analysis failed; no decision for this frame", frame.index)
             decider.update(frame.index, frame.ts, [])
             return
         self.stats.faces += len(analysis.faces)
+        for stage, seconds in analysis.seconds.items():
+            self.metrics.stage_seconds.labels(stage).observe(seconds)
+        t0 = time.perf_counter()
         decision = decider.update(frame.index, frame.ts, analysis.results)
+        self.metrics.stage_seconds.labels("decide").observe(time.perf_counter() - t0)
         if decision is None:
             return
         # Snapshot the face the decision is about: the granted person's, else the largest.
@@ -172,10 +195,12 @@ class Daemon:
             record = self.audit.append(decision)
         except AuditError as exc:
             self.stats.errors += 1
+            self.metrics.audit_errors.inc()
             # Nothing unrecorded may open the door: without an audit record, no grant hook runs.
             log.error("%s; decision %s not recorded, actions withheld", exc, decision.outcome.value)
             return
         self.stats.decisions[decision.outcome.value] += 1
+        self.metrics.decisions.labels(decision.outcome.value, decision.person or "").inc()
         log.info(
             "decision=%s person=%s score=%.3f ratio=%.2f frame=%d source=%s reason=%s",
             decision.outcome.value, decision.person or "-", decision.score, decision.ratio,
@@ -193,6 +218,9 @@ class Daemon:
         if now >= self._next_status:
             self._next_status = now + STATUS_EVERY_S
             self.notifier.status(self._status(source))
+            self.metrics.fps.set(self.stats.fps())
+            self.metrics.hook_failures.set(self.actions.failures)
+            self.metrics.camera_reconnects.set(getattr(source, "reconnects", 0))
 
     def _reload(self) -> bool:
         """Apply a new config (SIGHUP); an invalid one is refused and the last good one kept."""
@@ -225,6 +253,7 @@ class Daemon:
         self.actions.close(wait=False)
         self.config, self.pipeline, self.gallery, self.audit, self.actions = config, pipeline, gallery, audit, actions
         self._gallery_sig = gallery_signature(config.gallery.dir)
+        self._gallery_metrics()
         log.info("reloaded configuration: %d enrolled photos of %d people", len(gallery), len(gallery.people))
         self.notifier.send("READY=1")
         return True
@@ -240,6 +269,7 @@ class Daemon:
         self._gallery_sig = sig
         try:
             self.gallery = self.pipeline.load_gallery()
+            self._gallery_metrics()
         except Exception:
             self.stats.errors += 1
             log.exception("gallery reload failed; keeping the previous gallery")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ class FrameAnalysis:
     faces: list[Face]
     crops: list[Image]
     results: list[FaceResult]
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage: detect, embed
 
 
 class Pipeline:
@@ -68,13 +70,16 @@ class Pipeline:
         return sorted(faces, key=lambda f: f.area, reverse=True)[: cfg.max_faces]
 
     def analyse(self, image: Image, gallery: Gallery) -> FrameAnalysis:
+        t0 = time.perf_counter()
         faces = self.find_faces(image)
+        t1 = time.perf_counter()
         if not faces:
-            return FrameAnalysis([], [], [])
+            return FrameAnalysis([], [], [], {"detect": t1 - t0})
         crops = [self.crop(image, f) for f in faces]
         # All faces of the frame in one run, scored against the whole gallery.
         _, scores = self.model.embed_and_score(np.stack(crops), gallery.embeddings)
-        return FrameAnalysis(faces, crops, score_faces(faces, scores, gallery, self.thresholds))
+        results = score_faces(faces, scores, gallery, self.thresholds)
+        return FrameAnalysis(faces, crops, results, {"detect": t1 - t0, "embed": time.perf_counter() - t1})
 
     def close(self) -> None:
         self.detector.close()

@@ -56,6 +56,7 @@ def write_config(path: Path, model: Path, **sections: dict[str, object]) -> Path
         "model": {"path": str(model)},  # default providers: CUDA first, CPU fallback
         "detector": {"models_dir": str(REPO / "models/detector")},
         "state_dir": str(path.parent / "state"),
+        "metrics": {"port": 0},  # tests run daemons side by side; test_metrics binds its own port
         **sections,
     }
     path.write_text(yaml.safe_dump(data))
