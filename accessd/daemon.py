@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 
 from accessd.actions import Actions
@@ -26,10 +25,10 @@ from accessd.notify import Notifier
 from accessd.pipeline import Pipeline
 from accessd.source import FrameSource, open_source
 from accessd.types import Decision, Frame, Image, Outcome
+from accessd.watch import GalleryWatcher
 
 log = logging.getLogger(__name__)
 
-GALLERY_POLL_S = 1.0
 STATUS_EVERY_S = 5.0
 
 
@@ -66,21 +65,6 @@ def install_signal_handlers(stop: threading.Event, reload: threading.Event | Non
         signal.signal(signal.SIGHUP, handle_hup)
 
 
-def gallery_signature(root: Path) -> tuple[tuple[str, int, int], ...]:
-    """Names, sizes and mtimes of everything under the gallery: cheap to poll, changes on any edit."""
-    out = []
-    try:
-        for entry in sorted(root.rglob("*")):
-            try:
-                st = entry.stat()
-            except OSError:
-                continue
-            out.append((str(entry), st.st_size, st.st_mtime_ns))
-    except OSError:
-        pass
-    return tuple(out)
-
-
 class Daemon:
     def __init__(
         self,
@@ -98,8 +82,7 @@ class Daemon:
         self._next_status = 0.0
         self.pipeline = Pipeline(config)
         self.gallery: Gallery = self.pipeline.load_gallery()
-        self._gallery_sig = gallery_signature(config.gallery.dir)
-        self._next_gallery_poll = time.monotonic() + GALLERY_POLL_S
+        self.watcher = GalleryWatcher(config.gallery.dir)
         self.audit = AuditLog(config.audit.path, config.audit.snapshots_dir, config.audit.max_bytes,
                               config.audit.keep)
         self.actions = Actions(config.actions)
@@ -152,6 +135,7 @@ class Daemon:
         finally:
             self.notifier.stopping()
             self.metrics.close()
+            self.watcher.close()
             source.close()
             self.actions.close(wait=True)
             self.audit.close()
@@ -252,21 +236,17 @@ class Daemon:
             self.audit.close()
         self.actions.close(wait=False)
         self.config, self.pipeline, self.gallery, self.audit, self.actions = config, pipeline, gallery, audit, actions
-        self._gallery_sig = gallery_signature(config.gallery.dir)
+        if config.gallery.dir != self.watcher.root:
+            self.watcher.close()
+            self.watcher = GalleryWatcher(config.gallery.dir)
         self._gallery_metrics()
         log.info("reloaded configuration: %d enrolled photos of %d people", len(gallery), len(gallery.people))
         self.notifier.send("READY=1")
         return True
 
     def _maybe_reload_gallery(self) -> None:
-        now = time.monotonic()
-        if now < self._next_gallery_poll:
+        if not self.watcher.changed():
             return
-        self._next_gallery_poll = now + GALLERY_POLL_S
-        sig = gallery_signature(self.config.gallery.dir)
-        if sig == self._gallery_sig:
-            return
-        self._gallery_sig = sig
         try:
             self.gallery = self.pipeline.load_gallery()
             self._gallery_metrics()

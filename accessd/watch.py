@@ -1,0 +1,94 @@
+"""Notice gallery changes at once: inotify through watchdog, polling as the fallback.
+
+The watcher only raises a flag; the frame loop reloads the gallery (embedding
+only new photos) once events have been quiet for a moment, so a photo still
+being copied is not read half-written. A slow poll of names, sizes and mtimes
+stays on as a fallback for filesystems where inotify sees nothing (NFS, SMB).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+QUIET_S = 0.3  # reload once no event has arrived for this long
+
+
+def signature(root: Path) -> tuple[tuple[str, int, int], ...]:
+    """Names, sizes and mtimes of everything under the gallery: cheap to poll, changes on any edit."""
+    out = []
+    try:
+        for entry in sorted(root.rglob("*")):
+            try:
+                st = entry.stat()
+            except OSError:
+                continue
+            out.append((str(entry), st.st_size, st.st_mtime_ns))
+    except OSError:
+        pass
+    return tuple(out)
+
+
+class GalleryWatcher:
+    def __init__(self, root: Path, poll_s: float = 5.0) -> None:
+        self.root = root
+        self.poll_s = poll_s
+        self._lock = threading.Lock()
+        self._last_event = 0.0
+        self._dirty = False
+        self._signature = signature(root)
+        self._next_poll = time.monotonic() + poll_s
+        self._observer: Any = None
+        try:
+            from watchdog.events import FileSystemEvent, FileSystemEventHandler
+            from watchdog.observers import Observer
+
+            watcher = self
+
+            class Handler(FileSystemEventHandler):
+                def on_any_event(self, event: FileSystemEvent) -> None:
+                    if event.event_type != "opened" and event.event_type != "closed_no_write":
+                        watcher.mark()
+
+            self.root.mkdir(parents=True, exist_ok=True)
+            observer = Observer()
+            observer.schedule(Handler(), str(root), recursive=True)
+            observer.daemon = True
+            observer.start()
+            self._observer = observer
+            log.info("watching %s for enrolment changes", root)
+        except (ImportError, OSError) as exc:
+            log.warning("cannot watch %s (%s); polling every %.0f s", root, exc, poll_s)
+
+    def mark(self) -> None:
+        with self._lock:
+            self._dirty = True
+            self._last_event = time.monotonic()
+
+    def changed(self) -> bool:
+        """True once after a change has settled; call from the frame loop."""
+        now = time.monotonic()
+        if now >= self._next_poll:
+            self._next_poll = now + self.poll_s
+            sig = signature(self.root)
+            if sig != self._signature:
+                self._signature = sig
+                self.mark()
+                self._last_event = 0.0  # a poll sees a settled state
+        with self._lock:
+            if self._dirty and now - self._last_event >= QUIET_S:
+                self._dirty = False
+                self._signature = signature(self.root)
+                return True
+        return False
+
+    def close(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=2)
+            self._observer = None
