@@ -84,6 +84,15 @@ class DecisionConfig:
     lockout_denies: int = 5
     lockout_window_s: float = 120.0
     lockout_s: float = 300.0
+    # Presentation-attack check, off until proven on real camera footage: a grant
+    # needs the face's landmarks to move relative to its box over the last
+    # liveness_window_s. Stops a still photo held to the camera; not a photo moved
+    # by hand, bent or tilted, nor a screen playing a video.
+    liveness_check: bool = False
+    liveness_window_s: float = 1.0
+    # Range of box-relative keypoints over the window: a re-encoded still frame
+    # jitters by up to 0.0074, the live webcam recording moves by 0.039 or more.
+    liveness_min_motion: float = 0.02
 
 
 @dataclass(frozen=True)

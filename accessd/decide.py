@@ -71,10 +71,17 @@ class DecisionMaker:
         self._deny_after = float("-inf")
         self._denies: deque[float] = deque()
         self._locked_until = float("-inf")
+        self._verified: deque[tuple[float, str, Face]] = deque()  # for the liveness check
 
     def update(self, frame: int, ts: float, results: list[FaceResult]) -> Decision | None:
         """Feed one frame's face results; return a decision when one is due."""
-        self._history.append(self._pick(results))
+        picked = self._pick(results)
+        self._history.append(picked)
+        if self.config.liveness_check:
+            if picked is not None and picked.person is not None:
+                self._verified.append((ts, picked.person, picked.result.face))
+            while self._verified and self._verified[0][0] < ts - self.config.liveness_window_s:
+                self._verified.popleft()
         seen = [s for s in self._history if s is not None]
         if not seen:
             return None
@@ -83,13 +90,25 @@ class DecisionMaker:
         for person in dict.fromkeys(people):
             if people.count(person) >= k and ts >= self._grant_after:
                 best = max((s.result for s in seen if s.person == person), key=_ratio_score)
-                self._history.clear()
+                if self.config.liveness_check and not self._watched_long_enough(person, ts):
+                    return None  # keep the history: decide once the window is covered
                 if ts < self._locked_until:
                     if ts < self._deny_after:
                         return None
                     self._deny_after = ts + self.config.deny_interval_s
                     left = self._locked_until - ts
                     return self._decision(Outcome.DENY, None, best, frame, ts, f"locked out ({left:.0f} s left)")
+                self._history.clear()
+                if self.config.liveness_check:
+                    motion = landmark_motion([f for _, p, f in self._verified if p == person])
+                    self._verified.clear()
+                    if motion < self.config.liveness_min_motion:
+                        if ts < self._deny_after:
+                            return None
+                        self._deny_after = ts + self.config.deny_interval_s
+                        reason = f"no natural face motion ({motion:.4f}): possible photo"
+                        self._count_deny(ts)
+                        return self._decision(Outcome.DENY, None, best, frame, ts, reason)
                 self._grant_after = ts + self.config.grant_cooldown_s
                 return self._decision(Outcome.GRANT, person, best, frame, ts, "verified")
         unknown = [s.result for s in seen if s.person is None]
@@ -102,6 +121,10 @@ class DecisionMaker:
                 reason += f"; lockout for {self.config.lockout_s:.0f} s after {len(self._denies)} denies"
             return self._decision(Outcome.DENY, None, best, frame, ts, reason)
         return None
+
+    def _watched_long_enough(self, person: str, ts: float) -> bool:
+        first = next((t for t, p, _ in self._verified if p == person), ts)
+        return ts - first >= 0.8 * self.config.liveness_window_s
 
     def _count_deny(self, ts: float) -> bool:
         """Record a deny; True when it starts a lockout."""
@@ -143,6 +166,24 @@ class DecisionMaker:
             reason=reason,
             extra=extra,
         )
+
+
+def landmark_motion(faces: list[Face]) -> float:
+    """How much the face's landmarks move relative to its own box across frames.
+
+    A still photo shown to the camera gives the same geometry in every frame;
+    a live face talking or turning does not. Moving the photo as a whole moves
+    the box with it, so this measures non-rigid change, not position.
+    """
+    rel = [
+        np.concatenate([[(x - f.x) / f.width for x, _ in f.keypoints], [(y - f.y) / f.height for _, y in f.keypoints]])
+        for f in faces
+        if f.keypoints and f.width > 0 and f.height > 0
+    ]
+    if len(rel) < 2:
+        return 0.0
+    stacked = np.stack(rel)
+    return float(np.max(stacked.max(axis=0) - stacked.min(axis=0)))
 
 
 def _ratio_score(r: FaceResult) -> tuple[float, float]:

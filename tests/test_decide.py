@@ -120,3 +120,25 @@ def test_lockout_can_be_disabled_and_old_denies_expire() -> None:
     for i in range(5):
         spaced.update(i, float(i * 20), result(None))  # one deny every 20 s: never 3 within 10 s
     assert spaced.update(100, 200.0, result("ann")).outcome is Outcome.GRANT  # type: ignore[union-attr]
+
+
+def _face_with_mouth_at(y: float) -> Face:
+    return Face(10, 10, 100, 100, 0.9, ((30, 40), (70, 40), (50, 60), (50, y), (10, 50), (90, 50)))
+
+
+def test_liveness_needs_a_second_of_natural_motion() -> None:
+    cfg = DecisionConfig(liveness_check=True, liveness_window_s=1.0, liveness_min_motion=0.02, deny_interval_s=0.5)
+    still = DecisionMaker(cfg, "t")
+    live = DecisionMaker(cfg, "t")
+    still_out, live_out = [], []
+    for i in range(40):  # 30 fps
+        ps = (PersonScore("ann", 1.0, 0.9, 4),)
+        still_out.append(still.update(i, i / 30, [FaceResult(_face_with_mouth_at(80), ps, "ann")]))
+        talking = _face_with_mouth_at(80 + 6 * ((i // 5) % 2))  # the mouth opens and closes
+        live_out.append(live.update(i, i / 30, [FaceResult(talking, ps, "ann")]))
+    still_d = [d for d in still_out if d is not None]
+    live_d = [d for d in live_out if d is not None]
+    assert still_d and all(d.outcome is Outcome.DENY for d in still_d)
+    assert "no natural face motion" in still_d[0].reason
+    assert live_d and live_d[0].outcome is Outcome.GRANT
+    assert live_d[0].ts >= 0.8  # waited for the window, not just K frames
