@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from accessd.align import align_face
-from accessd.imageio import IMAGE_SUFFIXES, ImageError
+from accessd.imageio import IMAGE_SUFFIXES, ImageError, decode_image
 from accessd.types import Face, Floats, Image
 
 log = logging.getLogger(__name__)
@@ -161,8 +161,6 @@ def load_gallery(
         cached = cache.get(sha) if cache else None
         if cached is None:
             try:
-                from accessd.imageio import decode_image
-
                 image = decode_image(data, str(path))
                 face = single_face(detect(image))
             except ImageError as exc:

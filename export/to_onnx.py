@@ -116,18 +116,16 @@ def contract(model: Any, sha: str, state: dict[str, Any], report: dict[str, Any]
     }
 
 
-def parity_crops(n: int = 24) -> np.ndarray:
+def parity_crops(size: int, n: int = 24) -> np.ndarray:
     """Real aligned face crops from LFW, through the daemon's detect -> align code."""
     from train.faces import prepare_faces
 
     root = Path(os.environ.get("ACCESSD_SHARED", "../shared")) / "data/lfw"
     people = sorted(p.name for p in root.iterdir() if p.is_dir())[:12]
     faces = prepare_faces(root, Path("models/detector/face_detection_full_range_sparse.tflite"),
-                          contract_size, 0.2, Path("cache"), workers=1, only_people=people)
+                          size, 0.2, Path("cache"), workers=1, only_people=people)
     return faces.crops[:n]
 
-
-contract_size = 64
 
 
 def check_parity(model: Any, proto: Any, crops: np.ndarray) -> float:
@@ -145,7 +143,6 @@ def check_parity(model: Any, proto: Any, crops: np.ndarray) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global contract_size
     parser = argparse.ArgumentParser(description="Export a Keras Siamese checkpoint to ONNX.")
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("output", type=Path)
@@ -163,11 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     report = json.loads(args.report.read_text()) if args.report else None
     proto = to_onnx(model, args.opset)
     meta = contract(model, weights_sha256(model), state, report)
-    contract_size = meta["input_size"][0]
     entry = proto.metadata_props.add()
     entry.key, entry.value = CONTRACT_KEY, json.dumps(meta, sort_keys=True)
     proto.producer_name = "accessd export/to_onnx.py"
-    diff = check_parity(model, proto, parity_crops())
+    diff = check_parity(model, proto, parity_crops(meta["input_size"][0]))
     if not diff <= PARITY_TOLERANCE:
         log.error("parity check FAILED: max |Keras - ONNX Runtime| = %.3g > %.0e", diff, PARITY_TOLERANCE)
         return 1

@@ -77,13 +77,6 @@ class Scorer:
 
         return embed_numpy(self.keras, crops)
 
-    def pair_scores(self, ea: np.ndarray, eb: np.ndarray) -> np.ndarray:
-        if hasattr(self, "onnx"):
-            # The graph scores crops against a gallery; chunked diagonals give pair scores.
-            raise NotImplementedError
-        from train.scoring import pair_scores
-
-        return pair_scores(self.keras, ea, eb)
 
 
 def pair_crops(pairs: PairList, root: Path, size: int, margin: float, cache_dir: Path) -> dict[str, np.ndarray]:
@@ -115,6 +108,7 @@ def score_pairs(scorer: Scorer, pairs: PairList, crops: dict[str, np.ndarray]) -
     a = np.asarray([index[p.a] for p in pairs.pairs])
     b = np.asarray([index[p.b] for p in pairs.pairs])
     if hasattr(scorer, "onnx"):
+        # The graph scores crops against a gallery; chunked diagonals give pair scores.
         out = np.empty(len(a))
         chunk = 64
         for i in range(0, len(a), chunk):
@@ -122,7 +116,9 @@ def score_pairs(scorer: Scorer, pairs: PairList, crops: dict[str, np.ndarray]) -
             _, s = scorer.onnx.embed_and_score(crops_a, emb[b[i : i + chunk]])
             out[i : i + chunk] = np.diagonal(s)
         return out
-    return scorer.pair_scores(emb[a], emb[b])
+    from train.scoring import pair_scores
+
+    return pair_scores(scorer.keras, emb[a], emb[b])
 
 
 def report(scores: np.ndarray, same: np.ndarray, folds: np.ndarray, threshold: float) -> dict[str, Any]:
