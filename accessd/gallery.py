@@ -122,6 +122,19 @@ class EmbeddingCache:
         except (OSError, ValueError):
             return None
 
+    def skipped(self, sha: str) -> str | None:
+        """Why this photo content was refused before, so a restart does not detect it again."""
+        try:
+            return (self.dir / f"{sha}.skip").read_text(encoding="utf-8")
+        except OSError:
+            return None
+
+    def put_skipped(self, sha: str, reason: str) -> None:
+        path = self.dir / f"{sha}.skip"
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(reason, encoding="utf-8")
+        tmp.replace(path)
+
     def put(self, sha: str, embedding: Floats) -> None:
         path = self.dir / f"{sha}.npy"
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -160,11 +173,17 @@ def load_gallery(
         sha = hashlib.sha256(data).hexdigest()
         cached = cache.get(sha) if cache else None
         if cached is None:
-            try:
-                image = decode_image(data, str(path))
-                face = single_face(detect(image))
-            except ImageError as exc:
-                face = str(exc).removeprefix(f"{path}: ")
+            known = cache.skipped(sha) if cache else None
+            if known is not None:
+                face: Face | str = known
+            else:
+                try:
+                    image = decode_image(data, str(path))
+                    face = single_face(detect(image))
+                except ImageError as exc:
+                    face = str(exc).removeprefix(f"{path}: ")
+                if isinstance(face, str) and cache:
+                    cache.put_skipped(sha, face)
             if isinstance(face, str):
                 skipped.append(Skipped(path, face))
                 log.warning("gallery: skipping %s: %s", path, face)

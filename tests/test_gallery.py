@@ -100,3 +100,28 @@ def test_same_person_scores_higher_than_strangers_with_trained_model(trained_mod
     _, other = p.model.embed_and_score(biden[None], emb)
     p.close()
     assert same.min() > other.max(), (same, other)
+
+
+def test_refused_photos_are_remembered_by_content(pipeline: Pipeline, tmp_path: Path) -> None:
+    from accessd.gallery import EmbeddingCache, load_gallery
+
+    cache = EmbeddingCache(tmp_path / "state", "test")
+    root = tmp_path / "g"
+    (root / "ann").mkdir(parents=True)
+    cv2.imwrite(str(root / "ann" / "wall.png"), np.full((200, 200, 3), 90, np.uint8))
+    shutil.copy(sorted((LFW / "Colin_Powell").glob("*.jpg"))[0], root / "ann" / "face.jpg")
+    calls: list[int] = []
+
+    def counting_detect(image: np.ndarray) -> list:  # type: ignore[type-arg]
+        calls.append(1)
+        return pipeline.detector.detect(image)
+
+    def load() -> object:
+        return load_gallery(root, "owner", counting_detect, pipeline.model.embed, pipeline.model.input_size,
+                            pipeline.model.contract.crop_margin, cache, 128)
+
+    first = load()
+    assert len(calls) == 2
+    again = load()
+    assert len(calls) == 2  # neither the embedded photo nor the refused one is detected again
+    assert [s.reason for s in again.skipped] == [s.reason for s in first.skipped] == ["no face found"]  # type: ignore[attr-defined]
