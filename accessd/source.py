@@ -100,6 +100,9 @@ class LiveSource:
         self._cond = threading.Condition()
         self._slot: Frame | None = None
         self._index = 0
+        # OpenCV logs a multi-line warning stack on every failed open; a camera that
+        # is down would flood the journal. Our own line per outage says it once.
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_FATAL)
         self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
         self._thread.start()
 
