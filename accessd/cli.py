@@ -52,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--detectors", action="store_true",
                        help="instead: faces found by each detector model at 640x480 and 1280x720")
 
+    capture = sub.add_parser("capture", help="save face photos of one person from the camera (enrolment)")
+    _config_arg(capture)
+    capture.add_argument("--person", required=True, help="folder name under the gallery")
+    capture.add_argument("--source", help="camera index, video file or stream URL (overrides source.uri)")
+    capture.add_argument("--headless", action="store_true", required=True,
+                         help="no window: save every Nth frame with exactly one face")
+    capture.add_argument("--every", type=int, default=10, help="save every Nth frame with a face")
+    capture.add_argument("--count", type=int, default=10, help="stop after this many photos")
+
     check = sub.add_parser("check-config", help="validate the config and exit 0, or 2 listing every problem")
     _config_arg(check)
     return parser
@@ -91,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         return _verify(config, args)
     if args.command == "enroll":
         return _enroll(config, args)
+    if args.command == "capture":
+        from accessd.capture import capture_headless
+        from accessd.daemon import install_signal_handlers
+
+        stop = threading.Event()
+        install_signal_handlers(stop)
+        return capture_headless(config, args.person, args.source, max(1, args.every), args.count, stop)
     if args.command == "bench":
         from accessd.bench import run_bench, run_detector_bench
 
