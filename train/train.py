@@ -83,13 +83,19 @@ def load_training_faces(args: argparse.Namespace) -> Any:
     return relabel(faces) if seed else faces
 
 
-def split_validation(faces: Any, fraction: float, seed: int) -> tuple[Any, Any | None]:
+def split_validation(faces: Any, fraction: float, seed: int,
+                     held_out: list[str] | None = None) -> tuple[Any, Any | None]:
     """Hold out whole people (never photos) for threshold selection and monitoring.
 
+    `held_out` (from a checkpoint's state.json) keeps a resumed run's split.
     None when too few people have two photos (the seed layout has one person).
     """
     from collections import Counter
 
+    if held_out is not None:
+        keep = set(held_out)
+        return (faces.subset([i for i, p in enumerate(faces.people) if p not in keep]),
+                faces.subset([i for i, p in enumerate(faces.people) if p in keep]))
     counts = Counter(faces.people)
     # Validation pairs need positives: hold out people with two or more photos.
     multi = sorted(p for p, c in counts.items() if c >= 2)
@@ -141,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     except DisjointnessError as exc:
         log.error("%s", exc)
         return 2
-    train_faces, val_faces = split_validation(faces, 0.05, args.seed)
+    ckpt, state_path = args.out / "checkpoint.keras", args.out / "state.json"
+    resuming = args.resume and ckpt.is_file()
+    held_out = json.loads(state_path.read_text()).get("validation_people") if resuming else None
+    train_faces, val_faces = split_validation(faces, 0.05, args.seed, held_out)
     if train_faces.teacher is not None:
         # Standardise the teacher's dimensions: raw dlib values vary by ~0.05, and
         # on that scale the student settles on the mean descriptor and stops.
@@ -152,11 +161,10 @@ def main(argv: list[str] | None = None) -> int:
              len(set(val_faces.people)) if val_faces else 0)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    ckpt, state_path = args.out / "checkpoint.keras", args.out / "state.json"
     strategy = tf.distribute.MirroredStrategy() if args.strategy == "mirrored" else tf.distribute.get_strategy()
     start_epoch = 0
     with strategy.scope():
-        if args.resume and ckpt.is_file():
+        if resuming:
             model = keras.models.load_model(ckpt, custom_objects={"loss": None}, compile=False)
             compile_model(model, args)
             state = json.loads(state_path.read_text())
@@ -193,11 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         with history.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
         if (epoch + 1) % args.checkpoint_every == 0 or epoch + 1 == args.epochs:
-            _save(model, args, epoch + 1, val)
+            _save(model, args, epoch + 1, val, sorted(set(val_faces.people)) if val_faces else [])
     return 0
 
 
-def _save(model: Any, args: argparse.Namespace, epoch: int, val: dict[str, float]) -> None:
+def _save(model: Any, args: argparse.Namespace, epoch: int, val: dict[str, float], val_people: list[str]) -> None:
     ckpt = args.out / "checkpoint.keras"
     tmp = args.out / "checkpoint.tmp.keras"
     model.save(tmp)
@@ -206,7 +214,8 @@ def _save(model: Any, args: argparse.Namespace, epoch: int, val: dict[str, float
     state = {"epoch": epoch, "arch": args.arch, "validation": val, "data": str(args.data),
              "teacher": args.teacher, "loss": args.loss,
              "eval_pairs": str(args.eval_pairs) if args.eval_pairs else None,
-             "excluded_eval_people": bool(args.exclude_eval_people)}
+             "excluded_eval_people": bool(args.exclude_eval_people),
+             "validation_people": val_people}
     (args.out / "state.json").write_text(json.dumps(state, indent=2))
     log.info("checkpoint at epoch %d -> %s", epoch, ckpt)
 

@@ -23,13 +23,17 @@ def test_resume_continues_from_checkpoint(tiny_run: Path, cache_dir: Path, tmp_p
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
+    held_out = json.loads((run / "state.json").read_text())["validation_people"]
+    assert held_out
     result = run_py("-m", "train.train", "--data", str(LFW), "--out", str(run), "--max-people", "30",
                     "--epochs", "2", "--pairs-per-epoch", "64", "--batch-size", "16", "--checkpoint-every", "1",
                     "--cache-dir", str(cache_dir), "--workers", "1", "--resume")
     assert "resumed from" in result.stderr and "at epoch 1" in result.stderr
     epochs = [json.loads(line)["epoch"] for line in (run / "history.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
-    assert json.loads((run / "state.json").read_text())["epoch"] == 2
+    state = json.loads((run / "state.json").read_text())
+    assert state["epoch"] == 2
+    assert state["validation_people"] == held_out  # a resumed run keeps its held-out people
 
 
 def test_training_refuses_people_of_the_eval_list(cache_dir: Path, tmp_path: Path) -> None:
