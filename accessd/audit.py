@@ -16,6 +16,7 @@ from pathlib import Path
 
 import cv2
 
+from accessd.config import AuditConfig
 from accessd.types import Decision, Image
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,10 @@ class AuditLog:
         except OSError as exc:
             raise AuditError(f"audit log {path}: {exc.strerror or exc}") from exc
 
+    @classmethod
+    def from_config(cls, config: AuditConfig) -> AuditLog:
+        return cls(config.path, config.snapshots_dir, config.max_bytes, config.keep)
+
     def _open(self) -> int:
         return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
 
@@ -47,7 +52,8 @@ class AuditLog:
         """audit.jsonl -> .1 -> .2 ...; whole records only, the oldest beyond `keep` dropped."""
         if not self.max_bytes or not self.path.is_file():
             return
-        if os.fstat(self._fd).st_size + incoming <= self.max_bytes or os.fstat(self._fd).st_size == 0:
+        size = os.fstat(self._fd).st_size
+        if size == 0 or size + incoming <= self.max_bytes:
             return
         os.close(self._fd)
         for i in range(self.keep - 1, 0, -1):

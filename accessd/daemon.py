@@ -83,8 +83,7 @@ class Daemon:
         self.pipeline = Pipeline(config)
         self.gallery: Gallery = self.pipeline.load_gallery()
         self.watcher = GalleryWatcher(config.gallery.dir)
-        self.audit = AuditLog(config.audit.path, config.audit.snapshots_dir, config.audit.max_bytes,
-                              config.audit.keep)
+        self.audit = AuditLog.from_config(config.audit)
         self.actions = Actions(config.actions)
         self.stats = Stats()
         self.metrics = Metrics()
@@ -212,23 +211,26 @@ class Daemon:
             return False
         self.notifier.reloading()
         try:
+            return self._apply_reload()
+        finally:
+            self.notifier.send("READY=1")
+
+    def _apply_reload(self) -> bool:
+        assert self._reload_config is not None
+        try:
             config = self._reload_config()
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused: %s", problem)
             log.error("keeping the previous configuration")
-            self.notifier.send("READY=1")
             return False
         try:
             pipeline = Pipeline(config) if _pipeline_changed(self.config, config) else self.pipeline
             gallery = pipeline.load_gallery()
-            audit = (AuditLog(config.audit.path, config.audit.snapshots_dir, config.audit.max_bytes,
-                              config.audit.keep)
-                     if config.audit != self.config.audit else self.audit)
+            audit = AuditLog.from_config(config.audit) if config.audit != self.config.audit else self.audit
             actions = Actions(config.actions)
         except Exception:
             log.exception("reload refused; keeping the previous configuration")
-            self.notifier.send("READY=1")
             return False
         if pipeline is not self.pipeline:
             self.pipeline.close()
@@ -241,7 +243,6 @@ class Daemon:
             self.watcher = GalleryWatcher(config.gallery.dir)
         self._gallery_metrics()
         log.info("reloaded configuration: %d enrolled photos of %d people", len(gallery), len(gallery.people))
-        self.notifier.send("READY=1")
         return True
 
     def _maybe_reload_gallery(self) -> None:

@@ -93,9 +93,8 @@ class DecisionMaker:
                 if self.config.liveness_check and not self._watched_long_enough(person, ts):
                     return None  # keep the history: decide once the window is covered
                 if ts < self._locked_until:
-                    if ts < self._deny_after:
+                    if not self._deny_slot(ts):
                         return None
-                    self._deny_after = ts + self.config.deny_interval_s
                     left = self._locked_until - ts
                     return self._decision(Outcome.DENY, None, best, frame, ts, f"locked out ({left:.0f} s left)")
                 self._history.clear()
@@ -103,17 +102,15 @@ class DecisionMaker:
                     motion = landmark_motion([f for _, p, f in self._verified if p == person])
                     self._verified.clear()
                     if motion < self.config.liveness_min_motion:
-                        if ts < self._deny_after:
+                        if not self._deny_slot(ts):
                             return None
-                        self._deny_after = ts + self.config.deny_interval_s
                         reason = f"no natural face motion ({motion:.4f}): possible photo"
                         self._count_deny(ts)
                         return self._decision(Outcome.DENY, None, best, frame, ts, reason)
                 self._grant_after = ts + self.config.grant_cooldown_s
                 return self._decision(Outcome.GRANT, person, best, frame, ts, "verified")
         unknown = [s.result for s in seen if s.person is None]
-        if len(unknown) >= k and ts >= self._deny_after:
-            self._deny_after = ts + self.config.deny_interval_s
+        if len(unknown) >= k and self._deny_slot(ts):
             self._history.clear()
             best = max(unknown, key=_ratio_score)
             reason = _deny_reason(best, self.config.verification_threshold)
@@ -121,6 +118,13 @@ class DecisionMaker:
                 reason += f"; lockout for {self.config.lockout_s:.0f} s after {len(self._denies)} denies"
             return self._decision(Outcome.DENY, None, best, frame, ts, reason)
         return None
+
+    def _deny_slot(self, ts: float) -> bool:
+        """Denies are rate-limited: True (and the next slot booked) when one may be emitted now."""
+        if ts < self._deny_after:
+            return False
+        self._deny_after = ts + self.config.deny_interval_s
+        return True
 
     def _watched_long_enough(self, person: str, ts: float) -> bool:
         first = next((t for t, p, _ in self._verified if p == person), ts)

@@ -11,6 +11,7 @@ one log line naming it; the rest of the gallery stays usable.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 from collections.abc import Callable
@@ -130,16 +131,18 @@ class EmbeddingCache:
             return None
 
     def put_skipped(self, sha: str, reason: str) -> None:
-        path = self.dir / f"{sha}.skip"
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(reason, encoding="utf-8")
-        tmp.replace(path)
+        self._write(self.dir / f"{sha}.skip", reason.encode())
 
     def put(self, sha: str, embedding: Floats) -> None:
-        path = self.dir / f"{sha}.npy"
+        buffer = io.BytesIO()
+        np.save(buffer, embedding.astype(np.float32))
+        self._write(self.dir / f"{sha}.npy", buffer.getvalue())
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        """Write via a temporary file and rename, so a reader never sees half an entry."""
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with tmp.open("wb") as fh:
-            np.save(fh, embedding.astype(np.float32))
+        tmp.write_bytes(data)
         tmp.replace(path)
 
 
