@@ -4,6 +4,18 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
+# The tests start real servers and windows: a mosquitto broker (MQTT), Xvfb and
+# xdotool (the capture window). They are Debian packages, installed when we can
+# (root with apt-get); elsewhere those tests are skipped with a reason.
+# ACCESSD_NO_APT=1 skips this step.
+if [ -z "${ACCESSD_NO_APT:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    missing=$(for p in mosquitto xvfb xauth xdotool; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+    if [ -n "$missing" ]; then
+        echo "installing test tools from Debian: $missing"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    fi
+fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -r requirements-dev.txt

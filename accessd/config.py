@@ -14,6 +14,7 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -134,6 +135,23 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class MqttConfig:
+    host: str = ""  # broker host name; empty disables MQTT
+    port: int = 1883  # 8883 is the usual port with tls
+    topic: str = "accessd/decision"  # each decision as JSON (its audit record)
+    # Retained "online"/"offline"; "offline" is also the last will, sent by the broker if we die.
+    availability_topic: str = "accessd/availability"
+    qos: Literal[0, 1, 2] = 1
+    client_id: str = ""  # empty: a random id
+    username: str = ""
+    # Name of a file in $CREDENTIALS_DIRECTORY holding the password (never in this file).
+    password_credential: str | None = None
+    tls: bool = False
+    ca_file: Path | None = None  # CA bundle that signed the broker's certificate; null: the system's
+    keepalive_s: int = 30
+
+
+@dataclass(frozen=True)
 class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -143,6 +161,7 @@ class Config:
     actions: ActionsConfig = field(default_factory=ActionsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
     state_dir: Path = Path("state")  # caches (gallery embeddings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -165,7 +184,7 @@ def _convert(tp: Any, value: Any, key: str, problems: list[str], base: Path) -> 
         inner = [a for a in args if a is not type(None)]
         return _convert(inner[0], value, key, problems, base)
     if origin is Literal:
-        if value not in args:
+        if value not in args or (isinstance(value, bool) and not any(isinstance(a, bool) for a in args)):
             problems.append(f"{key}: must be one of {', '.join(map(str, args))} (got {value!r})")
         return value
     if origin is tuple:
@@ -251,6 +270,8 @@ def _check_ranges(obj: Any, prefix: str, problems: list[str]) -> None:
         problems.append(f"{key('argv')}: must name a command (got {list(obj.argv)!r})")
     if isinstance(obj, WebhookConfig) and not str(obj.url).startswith(("http://", "https://")):
         problems.append(f"{key('url')}: must be an http:// or https:// URL (got {obj.url!r})")
+    if isinstance(obj, MqttConfig):
+        _check_mqtt(obj, key, problems)
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if (
@@ -259,6 +280,21 @@ def _check_ranges(obj: Any, prefix: str, problems: list[str]) -> None:
             and value < 0
         ):
             problems.append(f"{key(f.name)}: must not be negative (got {value!r})")
+
+
+def _check_mqtt(obj: MqttConfig, key: Callable[[str], str], problems: list[str]) -> None:
+    if isinstance(obj.port, int) and not 0 < obj.port < 65536:
+        problems.append(f"{key('port')}: must be a TCP port, 1-65535 (got {obj.port!r})")
+    for name in ("topic", "availability_topic"):
+        topic = getattr(obj, name)
+        if isinstance(topic, str) and (not topic or "#" in topic or "+" in topic):
+            problems.append(f"{key(name)}: must be a topic name without wildcards (got {topic!r})")
+    if obj.password_credential and not obj.username:
+        problems.append(f"{key('password_credential')}: needs {key('username')}")
+    if obj.ca_file is not None and not obj.tls:
+        problems.append(f"{key('ca_file')}: needs {key('tls')}: true")
+    if isinstance(obj.keepalive_s, int) and obj.keepalive_s < 5:
+        problems.append(f"{key('keepalive_s')}: must be at least 5 (got {obj.keepalive_s!r})")
 
 
 def parse_config(data: Any, base: Path, source: str = "config") -> Config:

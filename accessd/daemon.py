@@ -21,6 +21,7 @@ from accessd.config import Config, ConfigError
 from accessd.decide import DecisionMaker
 from accessd.gallery import Gallery
 from accessd.metrics import Metrics
+from accessd.mqtt import MqttPublisher, open_mqtt
 from accessd.notify import Notifier
 from accessd.pipeline import Pipeline
 from accessd.source import FrameSource, open_source
@@ -85,6 +86,7 @@ class Daemon:
         self.watcher = GalleryWatcher(config.gallery.dir)
         self.audit = AuditLog.from_config(config.audit)
         self.actions = Actions(config.actions)
+        self.mqtt: MqttPublisher | None = open_mqtt(config.mqtt)
         self.stats = Stats()
         self.metrics = Metrics()
         self.metrics.provider.info({"provider": self.pipeline.model.provider})
@@ -137,6 +139,8 @@ class Daemon:
             self.watcher.close()
             source.close()
             self.actions.close(wait=True)
+            if self.mqtt is not None:
+                self.mqtt.close()
             self.audit.close()
             self.pipeline.close()
         log.info("stopped after %d frames (%.1f frames/s), %d errors, decisions %s",
@@ -190,6 +194,8 @@ class Daemon:
             decision.frame, decision.source, decision.reason,
         )
         self.actions.fire(decision, record)
+        if self.mqtt is not None:
+            self.mqtt.publish(record)
 
     def _status(self, source: FrameSource) -> str:
         camera = "connected" if getattr(source, "connected", True) else "reconnecting"
@@ -204,6 +210,8 @@ class Daemon:
             self.metrics.fps.set(self.stats.fps())
             self.metrics.hook_failures.set(self.actions.failures)
             self.metrics.camera_reconnects.set(getattr(source, "reconnects", 0))
+            if self.mqtt is not None:
+                self.metrics.mqtt_connected.set(self.mqtt.connected.is_set())
 
     def _reload(self) -> bool:
         """Apply a new config (SIGHUP); an invalid one is refused and the last good one kept."""
@@ -229,6 +237,7 @@ class Daemon:
             gallery = pipeline.load_gallery()
             audit = AuditLog.from_config(config.audit) if config.audit != self.config.audit else self.audit
             actions = Actions(config.actions)
+            mqtt = open_mqtt(config.mqtt) if config.mqtt != self.config.mqtt else self.mqtt
         except Exception:
             log.exception("reload refused; keeping the previous configuration")
             return False
@@ -237,6 +246,9 @@ class Daemon:
         if audit is not self.audit:
             self.audit.close()
         self.actions.close(wait=False)
+        if mqtt is not self.mqtt and self.mqtt is not None:
+            self.mqtt.close()
+        self.mqtt = mqtt
         self.config, self.pipeline, self.gallery, self.audit, self.actions = config, pipeline, gallery, audit, actions
         if config.gallery.dir != self.watcher.root:
             self.watcher.close()

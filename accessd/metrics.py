@@ -33,6 +33,7 @@ class Metrics:
         self.hook_failures = Gauge("accessd_hook_failures", "Hooks and webhooks that failed", registry=r)
         self.gallery_photos = Gauge("accessd_gallery_photos", "Enrolled photos in use", registry=r)
         self.gallery_people = Gauge("accessd_gallery_people", "Enrolled people", registry=r)
+        self.mqtt_connected = Gauge("accessd_mqtt_connected", "1 while connected to the MQTT broker", registry=r)
         self.provider = Info("accessd_execution_provider", "ONNX Runtime execution provider in use", registry=r)
         self._server: Any = None
 

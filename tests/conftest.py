@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,13 @@ SAMPLES = SHARED / "data/samples"
 PROTOCOL = SHARED / "data/lfw-protocol"
 DETECTORS = REPO / "models/detector"
 TRAINED_MODEL = REPO / "models/accessd-compact.onnx"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for test servers)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def run_py(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict[str, str] | None = None,

@@ -42,6 +42,11 @@ def test_relative_paths_resolve_against_config_folder(tmp_path: Path) -> None:
         ("actions:\n  webhooks:\n    - url: ftp://x\n", "actions.webhooks[0].url: must be an http"),
         ("model: [1, 2]\n", "model: must be a mapping"),
         ("decision:\n  margin: true\n", "decision.margin: must be a number (got True)"),
+        ("mqtt:\n  port: 70000\n", "mqtt.port: must be a TCP port, 1-65535 (got 70000)"),
+        ("mqtt:\n  topic: door/#\n", "mqtt.topic: must be a topic name without wildcards (got 'door/#')"),
+        ("mqtt:\n  qos: true\n", "mqtt.qos: must be one of 0, 1, 2 (got True)"),
+        ("mqtt:\n  password_credential: mqtt-pass\n", "mqtt.password_credential: needs mqtt.username"),
+        ("mqtt:\n  ca_file: ca.pem\n", "mqtt.ca_file: needs mqtt.tls: true"),
     ],
 )
 def test_bad_values_name_their_key(tmp_path: Path, yaml_text: str, expected: str) -> None:

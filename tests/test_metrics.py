@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import urllib.request
@@ -10,14 +9,9 @@ from pathlib import Path
 
 from accessd.config import load_config
 from accessd.daemon import Daemon
+from tests.conftest import free_port
 from tests.test_daemon import PERSON, enrol, photos, write_config
 from tests.test_source import MjpegCamera
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_metrics_endpoint_reports_the_loop(tmp_path: Path, tiny_model: Path) -> None:
