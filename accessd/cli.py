@@ -56,10 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(capture)
     capture.add_argument("--person", required=True, help="folder name under the gallery")
     capture.add_argument("--source", help="camera index, video file or stream URL (overrides source.uri)")
-    capture.add_argument("--headless", action="store_true", required=True,
+    capture.add_argument("--headless", action="store_true",
                          help="no window: save every Nth frame with exactly one face")
     capture.add_argument("--every", type=int, default=10, help="save every Nth frame with a face")
-    capture.add_argument("--count", type=int, default=10, help="stop after this many photos")
+    capture.add_argument("--count", type=int, default=10, help="headless: stop after this many photos")
+    capture.add_argument("--data-dir", type=Path, default=Path("data"),
+                         help="window: where a and p save anchor/ and positive/ crops (train/'s layout)")
 
     check = sub.add_parser("check-config", help="validate the config and exit 0, or 2 listing every problem")
     _config_arg(check)
@@ -101,12 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "enroll":
         return _enroll(config, args)
     if args.command == "capture":
-        from accessd.capture import capture_headless
+        from accessd.capture import capture_headless, capture_window
         from accessd.daemon import install_signal_handlers
 
         stop = threading.Event()
         install_signal_handlers(stop)
-        return capture_headless(config, args.person, args.source, max(1, args.every), args.count, stop)
+        every = max(1, args.every)
+        if args.headless:
+            return capture_headless(config, args.person, args.source, every, args.count, stop)
+        return capture_window(config, args.person, args.source, every, args.data_dir, stop)
     if args.command == "bench":
         from accessd.bench import run_bench, run_detector_bench
 
