@@ -13,17 +13,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from types import FrameType
 
 from accessd.actions import Actions
 from accessd.audit import AuditError, AuditLog
+from accessd.background import Worker
 from accessd.config import Config, ConfigError
 from accessd.decide import DecisionMaker
-from accessd.gallery import Gallery
+from accessd.gallery import Gallery, LoadCancelled
 from accessd.metrics import Metrics
 from accessd.mqtt import MqttPublisher, open_mqtt
 from accessd.notify import Notifier
 from accessd.pipeline import Pipeline
+from accessd.reload import Parts, rebuild, retire
 from accessd.source import FrameSource, open_source
 from accessd.types import Decision, Frame, Image, Outcome
 from accessd.watch import GalleryWatcher
@@ -31,10 +34,6 @@ from accessd.watch import GalleryWatcher
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 5.0
-
-
-def _pipeline_changed(old: Config, new: Config) -> bool:
-    return (old.model, old.detector, old.state_dir) != (new.model, new.detector, new.state_dir)
 
 
 @dataclass
@@ -84,6 +83,10 @@ class Daemon:
         self.pipeline = Pipeline(config)
         self.gallery: Gallery = self.pipeline.load_gallery()
         self.watcher = GalleryWatcher(config.gallery.dir)
+        # Gallery rebuilds and reloads run here, beside the frame loop (see background.py).
+        self.worker = Worker()
+        self._cancel = threading.Event()
+        self._reloading = False
         self.audit = AuditLog.from_config(config.audit)
         self.actions = Actions(config.actions)
         self.mqtt: MqttPublisher | None = open_mqtt(config.mqtt)
@@ -121,9 +124,10 @@ class Daemon:
                 self.notifier.watchdog()
                 self._report_status(source)
                 if self.reload_requested.is_set():
-                    self.reload_requested.clear()
-                    if self._reload():
-                        decider = DecisionMaker(self.config.decision, source.name)
+                    self._start_reload()
+                self._maybe_reload_gallery()
+                if self._apply_finished():
+                    decider = DecisionMaker(self.config.decision, source.name)
                 t0 = time.perf_counter()
                 frame = source.read(timeout=0.5)
                 if frame is None:
@@ -131,10 +135,11 @@ class Daemon:
                         break
                     continue
                 self.metrics.stage_seconds.labels("capture").observe(time.perf_counter() - t0)
-                self._maybe_reload_gallery()
                 self._process(frame, decider, source)
         finally:
             self.notifier.stopping()
+            self._cancel.set()  # a gallery being built stops at its next photo
+            self.worker.close()
             self.metrics.close()
             self.watcher.close()
             source.close()
@@ -213,56 +218,59 @@ class Daemon:
             if self.mqtt is not None:
                 self.metrics.mqtt_connected.set(self.mqtt.connected.is_set())
 
-    def _reload(self) -> bool:
-        """Apply a new config (SIGHUP); an invalid one is refused and the last good one kept."""
-        if self._reload_config is None:
-            return False
-        self.notifier.reloading()
-        try:
-            return self._apply_reload()
-        finally:
-            self.notifier.send("READY=1")
+    def _parts(self) -> Parts:
+        return Parts(self.config, self.pipeline, self.gallery, self.audit, self.actions, self.mqtt)
 
-    def _apply_reload(self) -> bool:
-        assert self._reload_config is not None
+    def _start_reload(self) -> None:
+        """SIGHUP: read and check the config now, build its parts on the worker thread."""
+        if self._reload_config is None or self._reloading:
+            return  # one reload at a time; the flag stays set and is taken up afterwards
+        self.reload_requested.clear()
+        self.notifier.reloading()
         try:
             config = self._reload_config()
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused: %s", problem)
             log.error("keeping the previous configuration")
-            return False
-        try:
-            pipeline = Pipeline(config) if _pipeline_changed(self.config, config) else self.pipeline
-            gallery = pipeline.load_gallery()
-            audit = AuditLog.from_config(config.audit) if config.audit != self.config.audit else self.audit
-            actions = Actions(config.actions)
-            mqtt = open_mqtt(config.mqtt) if config.mqtt != self.config.mqtt else self.mqtt
-        except Exception:
-            log.exception("reload refused; keeping the previous configuration")
-            return False
-        if pipeline is not self.pipeline:
-            self.pipeline.close()
-        if audit is not self.audit:
-            self.audit.close()
-        self.actions.close(wait=False)
-        if mqtt is not self.mqtt and self.mqtt is not None:
-            self.mqtt.close()
-        self.mqtt = mqtt
-        self.config, self.pipeline, self.gallery, self.audit, self.actions = config, pipeline, gallery, audit, actions
-        if config.gallery.dir != self.watcher.root:
-            self.watcher.close()
-            self.watcher = GalleryWatcher(config.gallery.dir)
-        self._gallery_metrics()
-        log.info("reloaded configuration: %d enrolled photos of %d people", len(gallery), len(gallery.people))
-        return True
+            self.notifier.send("READY=1")
+            return
+        self._reloading = True
+        self.worker.submit("reload", partial(rebuild, self._parts(), config, self._cancel))
 
     def _maybe_reload_gallery(self) -> None:
-        if not self.watcher.changed():
-            return
-        try:
-            self.gallery = self.pipeline.load_gallery()
-            self._gallery_metrics()
-        except Exception:
-            self.stats.errors += 1
-            log.exception("gallery reload failed; keeping the previous gallery")
+        if self.watcher.changed():
+            pipeline = self.pipeline
+            self.worker.submit("gallery", lambda: (pipeline, pipeline.load_gallery(cancel=self._cancel)))
+
+    def _apply_finished(self) -> bool:
+        """Swap in what the worker built; True when the configuration changed."""
+        reloaded = False
+        for done in self.worker.finished():
+            if isinstance(done.error, LoadCancelled):
+                continue
+            if done.name == "gallery":
+                if done.error is not None:
+                    self.stats.errors += 1
+                    log.error("gallery reload failed; keeping the previous gallery", exc_info=done.error)
+                elif done.result[0] is self.pipeline:  # else built for a pipeline a reload replaced
+                    self.gallery = done.result[1]
+                    self._gallery_metrics()
+            elif done.name == "reload":
+                self._reloading = False
+                self.notifier.send("READY=1")
+                if done.error is not None:
+                    log.error("reload refused; keeping the previous configuration", exc_info=done.error)
+                    continue
+                new: Parts = done.result
+                retire(self._parts(), new)
+                self.config, self.pipeline, self.gallery = new.config, new.pipeline, new.gallery
+                self.audit, self.actions, self.mqtt = new.audit, new.actions, new.mqtt
+                if new.config.gallery.dir != self.watcher.root:
+                    self.watcher.close()
+                    self.watcher = GalleryWatcher(new.config.gallery.dir)
+                self._gallery_metrics()
+                log.info("reloaded configuration: %d enrolled photos of %d people",
+                         len(self.gallery), len(self.gallery.people))
+                reloaded = True
+        return reloaded

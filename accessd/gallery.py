@@ -14,6 +14,7 @@ import hashlib
 import io
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,10 @@ class EmbeddingCache:
         tmp.replace(path)
 
 
+class LoadCancelled(Exception):
+    """The daemon is stopping; a half-built gallery is dropped."""
+
+
 def cache_key(model_sha: str, detector_name: str, min_confidence: float) -> str:
     return hashlib.sha256(f"{model_sha}|{detector_name}|{min_confidence}".encode()).hexdigest()[:16]
 
@@ -159,6 +164,7 @@ def load_gallery(
     crop_margin: float,
     cache: EmbeddingCache | None,
     dim: int,
+    cancel: threading.Event | None = None,
 ) -> Gallery:
     found, skipped = scan(root, default_person)
     for s in skipped:
@@ -167,6 +173,8 @@ def load_gallery(
     vectors: list[Floats | None] = []
     pending: list[tuple[int, Image]] = []
     for person, path in found:
+        if cancel is not None and cancel.is_set():
+            raise LoadCancelled(f"gallery load of {root} cancelled")
         try:
             data = path.read_bytes()
         except OSError as exc:

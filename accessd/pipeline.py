@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,9 @@ class Pipeline:
             verification=d.verification_threshold,
             margin=d.margin,
         )
+        # MediaPipe graphs are not documented as safe for concurrent calls, and galleries
+        # are rebuilt on a worker thread while frames are analysed: one detector each.
+        self._enrol_detector: FaceDetector | None = None
         self._cache = EmbeddingCache(
             config.state_dir,
             cache_key(self.model.sha256, self.detector.model_path.name, config.detector.min_confidence),
@@ -51,16 +55,20 @@ class Pipeline:
     def crop(self, image: Image, face: Face) -> Image:
         return align_face(image, face, self.model.input_size, self.model.contract.crop_margin)
 
-    def load_gallery(self, root: Path | None = None) -> Gallery:
+    def load_gallery(self, root: Path | None = None, cancel: threading.Event | None = None) -> Gallery:
+        """Safe beside `analyse` on another thread: enrolment has its own detector."""
+        if self._enrol_detector is None:
+            self._enrol_detector = FaceDetector(self.detector.model_path, self.config.detector.min_confidence)
         return load_gallery(
             root or self.config.gallery.dir,
             self.config.gallery.default_person,
-            self.detector.detect,
+            self._enrol_detector.detect,
             self.model.embed,
             self.model.input_size,
             self.model.contract.crop_margin,
             self._cache,
             self.model.contract.embedding_size,
+            cancel,
         )
 
     def find_faces(self, image: Image) -> list[Face]:
@@ -83,3 +91,5 @@ class Pipeline:
 
     def close(self) -> None:
         self.detector.close()
+        if self._enrol_detector is not None:
+            self._enrol_detector.close()

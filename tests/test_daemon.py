@@ -171,7 +171,8 @@ def test_gallery_changes_are_picked_up_without_restart(tmp_path: Path, tiny_mode
     def in_use_within(seconds: float, expected: dict[str, int]) -> float:
         t0 = time.monotonic()
         while time.monotonic() - t0 < seconds:
-            daemon._maybe_reload_gallery()  # what the frame loop calls every frame
+            daemon._maybe_reload_gallery()  # what the frame loop calls every frame ...
+            daemon._apply_finished()  # ... and this swaps in what the worker thread built
             if daemon.gallery.counts() == expected:
                 return time.monotonic() - t0
             time.sleep(0.05)
@@ -184,6 +185,7 @@ def test_gallery_changes_are_picked_up_without_restart(tmp_path: Path, tiny_mode
         shutil.rmtree(gallery / PERSON)
         assert in_use_within(2.0, {STRANGER: 1}) < 2.0
     finally:
+        daemon.worker.close()
         daemon.watcher.close()
         daemon.actions.close()
         daemon.audit.close()
@@ -256,3 +258,43 @@ def test_audit_disk_full_withholds_actions_and_keeps_running(tmp_path: Path, tra
     assert daemon.stats.errors >= 1 and sum(daemon.stats.decisions.values()) == 0  # type: ignore[attr-defined]
     assert "not recorded, actions withheld" in caplog.text and "No space left" in caplog.text
     assert not hooks.exists()  # no hook ran for an unrecorded decision
+
+
+def test_frames_keep_flowing_while_a_large_enrolment_is_embedded(tmp_path: Path, tiny_model: Path) -> None:
+    import threading
+
+    from accessd.config import load_config
+    from accessd.daemon import Daemon
+    from tests.test_source import MjpegCamera
+
+    camera = MjpegCamera(frames_per_connection=100_000, fps=20)
+    gallery = tmp_path / "g"
+    enrol(gallery, PERSON, photos(PERSON)[:2])
+    cfg = write_config(tmp_path / "config.yaml", tiny_model, source={"uri": camera.url},
+                       gallery={"dir": str(gallery)}, audit={"path": str(tmp_path / "a.jsonl")})
+    daemon = Daemon(load_config(cfg))
+    stop = threading.Event()
+    runner = threading.Thread(target=daemon.run, args=(stop,))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 30
+        while daemon.stats.frames < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        new = photos(PERSON)[2:62]
+        enrol(gallery, PERSON, new)  # 60 photos: seconds of detection and embedding on a CPU
+        while not daemon.worker.busy.is_set() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        frames_before = daemon.stats.frames
+        t0 = time.monotonic()
+        while len(daemon.gallery) == 2 and time.monotonic() < deadline + 30:
+            time.sleep(0.005)
+        frames_during, build_s = daemon.stats.frames - frames_before, time.monotonic() - t0
+    finally:
+        stop.set()
+        runner.join(timeout=10)
+        camera.close()
+    assert len(daemon.gallery) >= 2 + len(new) - 3, daemon.gallery.counts()  # a photo or two may lack a face
+    # Built on the frame thread, the loop would have stood still for the whole build.
+    assert frames_during >= 5, (frames_during, build_s)
+    print(f"{frames_during} frames in the {build_s:.1f}s the enrolment took")
+    assert not runner.is_alive()
