@@ -33,29 +33,45 @@ class AuditLog:
         self.max_bytes = max_bytes
         self.keep = keep
         self._lock = threading.Lock()
+        # None while the log cannot be opened (read-only disk, permissions, rotation that
+        # failed half-way): every append retries, and until one succeeds decisions are
+        # refused (the daemon withholds their actions) rather than the daemon stopping.
+        self._fd: int | None = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if snapshots_dir is not None:
+            self._ensure_open()
+        except AuditError as exc:
+            log.error("%s; decisions are withheld until it can be written", exc)
+        if snapshots_dir is not None:
+            try:
                 snapshots_dir.mkdir(parents=True, exist_ok=True)
-            self._fd = self._open()
-        except OSError as exc:
-            raise AuditError(f"audit log {path}: {exc.strerror or exc}") from exc
+            except OSError as exc:
+                log.error("audit.snapshots_dir %s: %s; decisions are recorded without snapshots",
+                          snapshots_dir, exc.strerror or exc)
 
     @classmethod
     def from_config(cls, config: AuditConfig) -> AuditLog:
         return cls(config.path, config.snapshots_dir, config.max_bytes, config.keep)
 
-    def _open(self) -> int:
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    def _ensure_open(self) -> int:
+        if self._fd is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            except OSError as exc:
+                raise AuditError(f"audit log {self.path}: {exc.strerror or exc}") from exc
+        return self._fd
 
-    def _rotate_if_needed(self, incoming: int) -> None:
+    def _rotate_if_needed(self, fd: int, incoming: int) -> None:
         """audit.jsonl -> .1 -> .2 ...; whole records only, the oldest beyond `keep` dropped."""
         if not self.max_bytes or not self.path.is_file():
             return
-        size = os.fstat(self._fd).st_size
+        size = os.fstat(fd).st_size
         if size == 0 or size + incoming <= self.max_bytes:
             return
-        os.close(self._fd)
+        # Forget the descriptor before closing it: its number may be reused at once, and a
+        # failure below must not leave us writing records into someone else's file.
+        self._fd = None
+        os.close(fd)
         for i in range(self.keep - 1, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{i}")
             if older.exists():
@@ -64,7 +80,6 @@ class AuditLog:
             self.path.replace(self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink()
-        self._fd = self._open()
 
     def snapshot(self, decision: Decision, crop: Image | None) -> str | None:
         if self.snapshots_dir is None or crop is None:
@@ -81,15 +96,23 @@ class AuditLog:
         line = (json.dumps(record, sort_keys=False) + "\n").encode()
         with self._lock:
             try:
-                self._rotate_if_needed(len(line))
-                written = os.write(self._fd, line)
+                self._rotate_if_needed(self._ensure_open(), len(line))
+                fd = self._ensure_open()
+                before = os.fstat(fd).st_size
+                written = os.write(fd, line)
                 if written != len(line):
+                    # Cut the partial record off, so the next one does not start mid-line.
+                    os.ftruncate(fd, before)
                     raise AuditError(f"audit log {self.path}: short write ({written} of {len(line)} bytes)")
-                os.fsync(self._fd)
+                os.fsync(fd)
+            except AuditError:
+                raise
             except OSError as exc:
                 raise AuditError(f"audit log {self.path}: {exc.strerror or exc}") from exc
         return record
 
     def close(self) -> None:
         with self._lock:
-            os.close(self._fd)
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None

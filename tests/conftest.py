@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +18,17 @@ SAMPLES = SHARED / "data/samples"
 PROTOCOL = SHARED / "data/lfw-protocol"
 DETECTORS = REPO / "models/detector"
 TRAINED_MODEL = REPO / "models/accessd-compact.onnx"
+
+
+def without_root_bypass(argv: list[str]) -> list[str]:
+    """`argv` run so that file permissions apply: as root, without the capabilities that
+    bypass them (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH); as anyone else, unchanged."""
+    if os.geteuid() != 0:
+        return argv
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv (util-linux): cannot make permissions apply")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search", *argv]
 
 
 def free_port() -> int:

@@ -8,7 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from accessd.audit import AuditLog
+import pytest
+
+from accessd.audit import AuditError, AuditLog
 from accessd.types import Decision, Outcome
 
 
@@ -62,3 +64,33 @@ def test_rotation_by_size_keeps_n_files_of_whole_records(tmp_path: Path) -> None
         assert f.stat().st_size <= 1000
         frames += [json.loads(line)["frame"] for line in f.read_text().splitlines()]
     assert frames == list(range(60 - len(frames), 60))  # the newest records, in order, none torn
+
+
+def test_unopenable_log_withholds_then_recovers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the log's folder should be")
+    log = AuditLog(blocker / "audit.jsonl")  # the daemon starts; it does not crash
+    assert "state/audit.jsonl: " in caplog.text and "decisions are withheld" in caplog.text
+    with pytest.raises(AuditError, match="state/audit.jsonl: "):
+        log.append(decision(1))
+    blocker.unlink()  # the operator fixes it: the next decision is recorded, no restart
+    log.append(decision(2))
+    log.close()
+    assert [json.loads(x)["frame"] for x in (blocker / "audit.jsonl").read_text().splitlines()] == [2]
+
+
+def test_failed_rotation_never_writes_through_a_stale_descriptor(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, max_bytes=300, keep=1)
+    log.append(decision(0))
+    # Rotation renames audit.jsonl to audit.jsonl.1: a folder of that name makes it fail.
+    (tmp_path / "audit.jsonl.1").mkdir()
+    with pytest.raises(AuditError):
+        log.append(decision(1))
+    other = tmp_path / "other.txt"
+    with other.open("w") as f:  # likely to be handed the descriptor number the log closed
+        with pytest.raises(AuditError):
+            log.append(decision(99))
+        f.write("mine\n")
+    assert other.read_text() == "mine\n"
+    log.close()

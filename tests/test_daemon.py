@@ -124,7 +124,7 @@ def test_corrupt_and_faceless_photos_are_skipped_by_name(tmp_path: Path, trained
 def test_camera_that_never_opens_keeps_running_until_sigterm(tmp_path: Path, trained_model: Path) -> None:
     cfg = write_config(tmp_path / "config.yaml", trained_model,
                        source={"uri": "rtsp://127.0.0.1:9/none", "reconnect_max_s": 1.0},
-                       gallery={"dir": str(tmp_path / "empty")})
+                       gallery={"dir": str(tmp_path / "empty")}, audit={"path": str(tmp_path / "a.jsonl")})
     env = {**os.environ, "ACCESSD_SHARED": str(SHARED)}
     proc = subprocess.Popen([sys.executable, "-m", "accessd", "run", "--config", str(cfg)], cwd=REPO,
                             stderr=subprocess.PIPE, text=True, env=env)
@@ -139,6 +139,7 @@ def test_camera_that_never_opens_keeps_running_until_sigterm(tmp_path: Path, tra
     assert err.count("cannot open; retrying") == 1, err  # logged once per outage, not per retry
     assert "[ WARN" not in err and "[ERROR" not in err, err  # no OpenCV stack per retry either
     assert "received SIGTERM" in err
+    assert audit(tmp_path / "a.jsonl") == []  # no frame, no decision: nothing granted, nothing invented
 
 
 def test_missing_model_is_a_clear_startup_error(tmp_path: Path) -> None:
@@ -258,6 +259,8 @@ def test_audit_disk_full_withholds_actions_and_keeps_running(tmp_path: Path, tra
     assert daemon.stats.errors >= 1 and sum(daemon.stats.decisions.values()) == 0  # type: ignore[attr-defined]
     assert "not recorded, actions withheld" in caplog.text and "No space left" in caplog.text
     assert not hooks.exists()  # no hook ran for an unrecorded decision
+    errors = daemon.metrics.registry.get_sample_value("accessd_audit_errors_total")  # type: ignore[attr-defined]
+    assert errors is not None and errors >= 1  # surfaced to the scraper, not only the log
 
 
 def test_frames_keep_flowing_while_a_large_enrolment_is_embedded(tmp_path: Path, tiny_model: Path) -> None:

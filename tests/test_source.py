@@ -19,9 +19,10 @@ from accessd.source import LiveSource, VideoFileSource, open_source
 class MjpegCamera:
     """Serves `frames_per_connection` JPEG frames per connection, then hangs up (a camera that drops)."""
 
-    def __init__(self, frames_per_connection: int = 15, fps: float = 30.0) -> None:
+    def __init__(self, frames_per_connection: int = 15, fps: float = 30.0, bgr: np.ndarray | None = None) -> None:
         self.connections = 0
-        jpeg = cv2.imencode(".jpg", np.full((240, 320, 3), 100, np.uint8))[1].tobytes()
+        frame = np.full((240, 320, 3), 100, np.uint8) if bgr is None else bgr
+        jpeg = cv2.imencode(".jpg", frame)[1].tobytes()
         camera = self
 
         class Handler(BaseHTTPRequestHandler):
