@@ -9,7 +9,9 @@ PYTHON=${PYTHON:-python3}
 # (root with apt-get); elsewhere those tests are skipped with a reason.
 # ACCESSD_NO_APT=1 skips this step.
 if [ -z "${ACCESSD_NO_APT:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    missing=$(for p in mosquitto xvfb xauth xdotool; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+    missing=$(for p in mosquitto xvfb xauth xdotool; do
+        [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || echo "$p"
+    done)
     if [ -n "$missing" ]; then
         echo "installing test tools from Debian: $missing"
         apt-get update -qq
