@@ -96,6 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(f"{args.config}: ok")
         return 0
+    from accessd.detector import DetectorError
+    from accessd.model import ModelError
+
+    try:
+        return _dispatch(config, args)
+    except (ModelError, DetectorError) as exc:  # a missing or broken model file: say which, no traceback
+        log.error("cannot start: %s", exc)
+        return 1
+
+
+def _dispatch(config: Config, args: argparse.Namespace) -> int:
     if args.command == "run":
         return _run(config, args)
     if args.command == "verify":

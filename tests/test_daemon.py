@@ -142,11 +142,17 @@ def test_camera_that_never_opens_keeps_running_until_sigterm(tmp_path: Path, tra
     assert audit(tmp_path / "a.jsonl") == []  # no frame, no decision: nothing granted, nothing invented
 
 
-def test_missing_model_is_a_clear_startup_error(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "config.yaml", tmp_path / "nope.onnx")
-    result = run_daemon("run", "--config", str(cfg), "--source", "missing.avi")
-    assert result.returncode == 1
-    assert "nope.onnx" in result.stderr
+@pytest.mark.parametrize("command", [["run", "--source", "missing.avi"], ["enroll", "--list"],
+                                     ["verify", "a.jpg", "b.jpg"], ["capture", "--headless", "--person", "x"]])
+def test_missing_model_is_a_clear_startup_error(tmp_path: Path, command: list[str]) -> None:
+    cfg = write_config(tmp_path / "config.yaml", tmp_path / "nope.onnx",
+                       detector={"models_dir": str(tmp_path / "no-detectors")})
+    if command[0] != "capture":  # capture needs only the detector: its error is the one to see
+        cfg = write_config(tmp_path / "config.yaml", tmp_path / "nope.onnx")
+    result = run_daemon(command[0], "--config", str(cfg), *command[1:])
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "cannot start: " in result.stderr and "Traceback" not in result.stderr
+    assert ("no-detectors" if command[0] == "capture" else "nope.onnx") in result.stderr
 
 
 @pytest.mark.parametrize("flag", ["--max-frames"])
