@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -68,7 +69,7 @@ class Actions:
         for webhook in self.config.webhooks:
             if outcome in webhook.on:
                 token = self._tokens.get(webhook.token_credential or "")
-                futures.append(self._submit(f"webhook {webhook.url}", post_webhook, webhook, record, token))
+                futures.append(self._submit(f"webhook {safe_url(webhook.url)}", post_webhook, webhook, record, token))
         return [f for f in futures if f is not None]
 
     def _submit(self, name: str, fn: object, *args: object) -> Future[bool] | None:
@@ -123,6 +124,14 @@ def run_hook(hook: HookConfig, env_extra: dict[str, str]) -> bool:
     return True
 
 
+def safe_url(url: str) -> str:
+    """The URL as logs may show it: scheme, host and port only. Webhook URLs often carry
+    their secret in the path (Home Assistant's webhook id), the query or user:password@."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or "?"
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}/…"
+
+
 def post_webhook(hook: WebhookConfig, record: dict[str, object], token: str | None) -> bool:
     body = json.dumps(record).encode()
     headers = {"Content-Type": "application/json", "User-Agent": "accessd"}
@@ -140,11 +149,12 @@ def post_webhook(hook: WebhookConfig, record: dict[str, object], token: str | No
             problem = f"HTTP {exc.code}"
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             problem = str(getattr(exc, "reason", exc))
-        log.warning("webhook %s attempt %d/%d failed: %s", hook.url, attempt + 1, hook.retries + 1, problem)
+        log.warning("webhook %s attempt %d/%d failed: %s", safe_url(hook.url), attempt + 1, hook.retries + 1,
+                    problem)
         if attempt < hook.retries:
             time.sleep(min(0.5 * 2**attempt, 5.0))
-    log.error("webhook %s gave up after %d attempts", hook.url, hook.retries + 1)
+    log.error("webhook %s gave up after %d attempts", safe_url(hook.url), hook.retries + 1)
     return False
 
 
-__all__ = ["Actions", "ConfigError", "decision_env", "post_webhook", "run_hook"]
+__all__ = ["Actions", "ConfigError", "decision_env", "post_webhook", "run_hook", "safe_url"]

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return _dispatch(config, args)
-    except (ModelError, DetectorError) as exc:  # a missing or broken model file: say which, no traceback
+    except (ModelError, DetectorError, ConfigError) as exc:  # a missing model file or credential: say which
         log.error("cannot start: %s", exc)
         return 1
 

@@ -40,6 +40,10 @@ class SourceConfig:
     reconnect_max_s: float = 30.0
     # A stream that sends nothing for this long is treated as dropped and reopened.
     stall_timeout_s: float = 10.0
+    # Name of a file in $CREDENTIALS_DIRECTORY holding the stream's password, for a uri
+    # with a user and no password (rtsp://admin@camera/stream). Logs, the audit log and
+    # hooks show the uri without a password either way.
+    password_credential: str | None = None
 
 
 @dataclass(frozen=True)
@@ -270,6 +274,10 @@ def _check_ranges(obj: Any, prefix: str, problems: list[str]) -> None:
         problems.append(f"{key('argv')}: must name a command (got {list(obj.argv)!r})")
     if isinstance(obj, WebhookConfig) and not str(obj.url).startswith(("http://", "https://")):
         problems.append(f"{key('url')}: must be an http:// or https:// URL (got {obj.url!r})")
+    if isinstance(obj, SourceConfig) and obj.password_credential and isinstance(obj.uri, str):
+        if "@" not in obj.uri.partition("://")[2].partition("/")[0]:
+            problems.append(f"{key('password_credential')}: needs a user in {key('uri')} "
+                            f"(rtsp://user@host/...; got {obj.uri!r})")
     if isinstance(obj, MqttConfig):
         _check_mqtt(obj, key, problems)
     for f in dataclasses.fields(obj):

@@ -103,7 +103,7 @@ class Daemon:
         if source is None:
             try:
                 source = open_source(self.source_uri, self.config.source, stop)
-            except OSError as exc:
+            except (OSError, ConfigError) as exc:
                 log.error("%s", exc)
                 return 1
         decider = DecisionMaker(self.config.decision, source.name)

@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
 
-from accessd.config import SourceConfig
+from accessd.config import SourceConfig, read_credential
 from accessd.imageio import to_rgb
 from accessd.types import Frame
 
@@ -50,6 +51,27 @@ def _open_capture(uri: str, config: SourceConfig) -> Any:
         if config.height:
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, config.height)
     return cap
+
+
+def display_name(uri: str) -> str:
+    """`uri` as logs, the audit log and hooks may show it: no password, no query string
+    (some cameras take `?user=..&pwd=..`)."""
+    if "://" not in uri:
+        return uri
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.hostname or ""
+    netloc = (f"{parts.username}@" if parts.username else "") + host + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
+
+
+def stream_url(uri: str, config: SourceConfig) -> str:
+    """The URL to open: `uri` with the password from `source.password_credential` put in."""
+    if not config.password_credential:
+        return uri
+    password = urllib.parse.quote(read_credential(config.password_credential), safe="")
+    scheme, rest = uri.split("://", 1)
+    userinfo, _, hostpath = rest.partition("@")
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:{password}@{hostpath}"
 
 
 def is_file_source(uri: str) -> bool:
@@ -89,7 +111,8 @@ class LiveSource:
     """A camera index or stream URL read on its own thread."""
 
     def __init__(self, uri: str, config: SourceConfig, stop: threading.Event) -> None:
-        self.name = uri
+        self.name = display_name(uri)
+        self._url = stream_url(uri, config)  # never logged: it may hold the password
         self.finished = False  # a live source never finishes; it reconnects
         self.config = config
         self.connected = False
@@ -110,7 +133,7 @@ class LiveSource:
         delay = self.config.reconnect_initial_s
         outage_logged = False
         while not self._should_stop():
-            cap = _open_capture(self.name, self.config)
+            cap = _open_capture(self._url, self.config)
             if not cap.isOpened():
                 cap.release()
                 if not outage_logged:

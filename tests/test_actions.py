@@ -109,10 +109,13 @@ def test_webhook_posts_decision_json_with_token(receiver: Receiver, tmp_path: Pa
 
 def test_webhook_retries_on_500_then_gives_up(caplog: pytest.LogCaptureFixture) -> None:
     r = Receiver(status=500)
+    # Home Assistant's webhook id in the path is the secret: logs show scheme, host and port only.
+    url = r.url.rstrip("/") + "/api/webhook/s3cret-webhook-id?key=s3cret-key"
     try:
-        assert post_webhook(WebhookConfig(url=r.url, retries=2, timeout_s=2), RECORD, None) is False
+        assert post_webhook(WebhookConfig(url=url, retries=2, timeout_s=2), RECORD, None) is False
         assert len(r.bodies) == 3
-        assert "HTTP 500" in caplog.text
+        assert "HTTP 500" in caplog.text and "gave up after 3 attempts" in caplog.text
+        assert "s3cret" not in caplog.text
     finally:
         r.close()
 

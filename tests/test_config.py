@@ -42,6 +42,8 @@ def test_relative_paths_resolve_against_config_folder(tmp_path: Path) -> None:
         ("actions:\n  webhooks:\n    - url: ftp://x\n", "actions.webhooks[0].url: must be an http"),
         ("model: [1, 2]\n", "model: must be a mapping"),
         ("decision:\n  margin: true\n", "decision.margin: must be a number (got True)"),
+        ("source:\n  uri: rtsp://cam/live\n  password_credential: cam-pw\n",
+         "source.password_credential: needs a user in source.uri (rtsp://user@host/...; got 'rtsp://cam/live')"),
         ("mqtt:\n  port: 70000\n", "mqtt.port: must be a TCP port, 1-65535 (got 70000)"),
         ("mqtt:\n  topic: door/#\n", "mqtt.topic: must be a topic name without wildcards (got 'door/#')"),
         ("mqtt:\n  qos: true\n", "mqtt.qos: must be one of 0, 1, 2 (got True)"),

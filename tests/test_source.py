@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections.abc import Iterator
@@ -13,20 +14,30 @@ import numpy as np
 import pytest
 
 from accessd.config import SourceConfig
-from accessd.source import LiveSource, VideoFileSource, open_source
+from accessd.source import LiveSource, VideoFileSource, display_name, open_source
 
 
 class MjpegCamera:
     """Serves `frames_per_connection` JPEG frames per connection, then hangs up (a camera that drops)."""
 
-    def __init__(self, frames_per_connection: int = 15, fps: float = 30.0, bgr: np.ndarray | None = None) -> None:
+    def __init__(self, frames_per_connection: int = 15, fps: float = 30.0, bgr: np.ndarray | None = None,
+                 basic_auth: str | None = None) -> None:
         self.connections = 0
+        self.refused = 0
+        expected = "Basic " + base64.b64encode(basic_auth.encode()).decode() if basic_auth else None
         frame = np.full((240, 320, 3), 100, np.uint8) if bgr is None else bgr
         jpeg = cv2.imencode(".jpg", frame)[1].tobytes()
         camera = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if expected and self.headers.get("Authorization") != expected:
+                    camera.refused += 1
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="camera"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 camera.connections += 1
                 self.send_response(200)
                 self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
@@ -137,3 +148,28 @@ def test_stream_that_stalls_is_reopened(caplog: pytest.LogCaptureFixture) -> Non
         stop.set()
         source.close()
         camera.close()
+
+
+def test_stream_password_comes_from_a_credential_and_is_never_shown(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    password = "p@ss:w/rd"  # characters that must be escaped inside a URL
+    cam = MjpegCamera(frames_per_connection=100_000, basic_auth=f"door:{password}")
+    (tmp_path / "camera-password").write_text(password + "\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    uri = cam.url.replace("http://", "http://door@") + "?channel=1"
+    stop = threading.Event()
+    src = open_source(uri, SourceConfig(password_credential="camera-password"), stop)
+    try:
+        assert src.read(timeout=10) is not None  # authenticated with the credential
+        assert cam.refused <= 1 and cam.connections >= 1
+    finally:
+        src.close()
+        cam.close()
+    assert src.name == cam.url.replace("http://", "http://door@") + "?…"
+    assert password not in caplog.text and password not in src.name
+
+
+def test_display_name_hides_passwords_and_queries() -> None:
+    assert display_name("rtsp://admin:hunter2@10.0.0.5:554/Streaming/101") == "rtsp://admin@10.0.0.5:554/Streaming/101"
+    assert display_name("http://cam/snap.cgi?user=admin&pwd=hunter2") == "http://cam/snap.cgi?…"
+    assert display_name("0") == "0" and display_name("door.mp4") == "door.mp4"
