@@ -135,6 +135,7 @@ def _dispatch(config: Config, args: argparse.Namespace) -> int:
 def _run(config: Config, args: argparse.Namespace) -> int:
     from accessd.daemon import Daemon, install_signal_handlers
     from accessd.detector import DetectorError
+    from accessd.gallery import LoadCancelled
     from accessd.model import ModelError
     from accessd.notify import Notifier
 
@@ -151,7 +152,11 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     notifier = Notifier()
     try:
         daemon = Daemon(with_overrides(config), args.source, lambda: with_overrides(_load(args.config)),
-                        notifier, reload)
+                        notifier, reload, stop)
+    except LoadCancelled:
+        log.info("stopped while loading the gallery")
+        notifier.close()
+        return 0
     except (ModelError, DetectorError, ConfigError, OSError) as exc:
         log.error("cannot start: %s", exc)
         notifier.close()

@@ -73,6 +73,7 @@ class Daemon:
         reload_config: Callable[[], Config] | None = None,
         notifier: Notifier | None = None,
         reload_requested: threading.Event | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.config = config
         self.source_uri = source_uri or config.source.uri
@@ -81,7 +82,9 @@ class Daemon:
         self.notifier = notifier or Notifier({})
         self._next_status = 0.0
         self.pipeline = Pipeline(config)
-        self.gallery: Gallery = self.pipeline.load_gallery()
+        # A cold start embeds every photo (seconds per hundred on a CPU): SIGTERM meanwhile
+        # stops it at the next photo (LoadCancelled) instead of waiting for the end.
+        self.gallery: Gallery = self.pipeline.load_gallery(cancel=stop)
         self.watcher = GalleryWatcher(config.gallery.dir)
         # Gallery rebuilds and reloads run here, beside the frame loop (see background.py).
         self.worker = Worker()

@@ -170,6 +170,7 @@ def load_gallery(
     cancel: threading.Event | None = None,
 ) -> Gallery:
     found, skipped = scan(root, default_person)
+    log.info("gallery: loading %d photos from %s", len(found), root)
     for s in skipped:
         log.warning("gallery: skipping %s: %s", s.path, s.reason)
     photos: list[Photo] = []

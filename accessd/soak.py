@@ -70,6 +70,14 @@ def main(argv: list[str] | None = None) -> int:
             start_rss[0] = rss_mb()
 
         threading.Timer(10.0, sample_start).start()  # after warm-up: allocator and caches settled
+        # RSS every minute: a one-off step (a cache filling) and a steady leak look alike at the end.
+        samples: list[float] = []
+
+        def sample_every_minute() -> None:
+            while not stop.wait(60.0):
+                samples.append(round(rss_mb(), 1))
+
+        threading.Thread(target=sample_every_minute, daemon=True).start()
         threading.Timer(args.seconds, stop.set).start()
         frame_times: list[float] = []
         process = daemon._process
@@ -94,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             "rss_mb_start": round(start_rss[0], 1),
             "rss_mb_end": round(end, 1),
             "rss_growth_mb": round(end - start_rss[0], 1),
+            "rss_mb_each_minute": samples,
             "frame_errors": daemon.stats.errors,
             "decisions": daemon.stats.decisions,
         }

@@ -307,3 +307,28 @@ def test_frames_keep_flowing_while_a_large_enrolment_is_embedded(tmp_path: Path,
     assert frames_during >= 5, (frames_during, build_s)
     print(f"{frames_during} frames in the {build_s:.1f}s the enrolment took")
     assert not runner.is_alive()
+
+
+def test_sigterm_while_loading_a_cold_gallery_stops_at_once(tmp_path: Path, tiny_model: Path) -> None:
+    gallery = tmp_path / "g"
+    for person in sorted(p.name for p in LFW.iterdir())[:400]:
+        enrol(gallery, person, photos(person)[:1])
+    cfg = write_config(tmp_path / "config.yaml", tiny_model, gallery={"dir": str(gallery)},
+                       audit={"path": str(tmp_path / "a.jsonl")})
+    env = {**os.environ, "ACCESSD_SHARED": str(SHARED)}
+    proc = subprocess.Popen([sys.executable, "-m", "accessd", "run", "--config", str(cfg), "--source", "0"],
+                            cwd=REPO, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "gallery: loading 400 photos" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=30)
+        stopped_in = time.monotonic() - t0
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "stopped while loading the gallery" in err and "newly embedded" not in err
+    assert stopped_in < 5, stopped_in
