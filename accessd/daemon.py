@@ -242,7 +242,10 @@ class Daemon:
         self.worker.submit("reload", partial(rebuild, self._parts(), config, self._cancel))
 
     def _maybe_reload_gallery(self) -> None:
-        if self.watcher.changed():
+        # Not while a reload is being built: it rescans the gallery itself, and a job here
+        # would still be using the pipeline that the reload retires. The watcher keeps the
+        # change flagged, so a photo added meanwhile is picked up right after the swap.
+        if not self._reloading and self.watcher.changed():
             pipeline = self.pipeline
             self.worker.submit("gallery", lambda: (pipeline, pipeline.load_gallery(cancel=self._cancel)))
 
