@@ -11,11 +11,13 @@ PYTHON=${PYTHON:-python3}
 if [ -z "${ACCESSD_NO_APT:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     missing=$(for p in mosquitto xvfb xauth xdotool; do
         [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || echo "$p"
-    done)
+    done | xargs)
     if [ -n "$missing" ]; then
         echo "installing test tools from Debian: $missing"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+        # Not fatal: without them the daemon works and those tests skip, saying why.
+        { apt-get update -qq &&
+          DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null; } ||
+            echo "warning: could not install $missing; the MQTT and capture-window tests will be skipped" >&2
     fi
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
