@@ -12,13 +12,10 @@ the same name waits its turn replaces it (ten file events make one rebuild).
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,14 +26,13 @@ class Done:
 
 
 class Worker:
-    def __init__(self, stop: threading.Event | None = None) -> None:
-        self._stop = stop or threading.Event()
+    def __init__(self) -> None:
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._queue: list[tuple[str, Callable[[], Any]]] = []
         self._done: list[Done] = []
         self._wake = threading.Event()
-        self.busy = threading.Event()  # set while a job runs (tests and status lines read it)
+        self.busy = threading.Event()  # set while a job runs (tests read it)
         self._thread = threading.Thread(target=self._run, name="rebuild", daemon=True)
         self._thread.start()
 
@@ -45,10 +41,6 @@ class Worker:
             self._queue = [(n, j) for n, j in self._queue if n != name] + [(name, job)]
         self._wake.set()
 
-    def pending(self, name: str) -> bool:
-        with self._lock:
-            return any(n == name for n, _ in self._queue)
-
     def finished(self) -> list[Done]:
         """Results since the last call, oldest first; never blocks."""
         with self._lock:
@@ -56,7 +48,7 @@ class Worker:
         return done
 
     def _run(self) -> None:
-        while not (self._stop.is_set() or self._closed.is_set()):
+        while not self._closed.is_set():
             if not self._wake.wait(timeout=0.5):
                 continue
             while True:
@@ -73,7 +65,7 @@ class Worker:
                 with self._lock:
                     self._done.append(outcome)
                     self.busy.clear()
-                if self._stop.is_set() or self._closed.is_set():
+                if self._closed.is_set():
                     return
 
     def close(self, timeout: float = 5.0) -> None:

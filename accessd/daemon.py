@@ -27,6 +27,7 @@ from accessd.mqtt import MqttPublisher, open_mqtt
 from accessd.notify import Notifier
 from accessd.pipeline import Pipeline
 from accessd.reload import Parts, rebuild, retire
+from accessd.reload import close as close_parts
 from accessd.source import FrameSource, open_source
 from accessd.types import Decision, Frame, Image, Outcome
 from accessd.watch import GalleryWatcher
@@ -146,11 +147,7 @@ class Daemon:
             self.metrics.close()
             self.watcher.close()
             source.close()
-            self.actions.close(wait=True)
-            if self.mqtt is not None:
-                self.mqtt.close()
-            self.audit.close()
-            self.pipeline.close()
+            close_parts(self._parts(), wait=True)
         log.info("stopped after %d frames (%.1f frames/s), %d errors, decisions %s",
                  self.stats.frames, self.stats.fps(), self.stats.errors, self.stats.decisions)
         return 0

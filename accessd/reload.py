@@ -64,9 +64,10 @@ def retire(old: Parts, new: Parts) -> None:
         old.mqtt.close()
 
 
-def close(parts: Parts) -> None:
-    parts.pipeline.close()
-    parts.audit.close()
-    parts.actions.close(wait=False)
+def close(parts: Parts, wait: bool = False) -> None:
+    """Close every part; `wait` lets running hooks finish first (the daemon's stop)."""
+    parts.actions.close(wait=wait)
     if parts.mqtt is not None:
         parts.mqtt.close()
+    parts.audit.close()
+    parts.pipeline.close()
