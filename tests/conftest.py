@@ -7,6 +7,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,24 @@ def without_root_bypass(argv: list[str]) -> list[str]:
     if setpriv is None:
         pytest.skip("running as root without setpriv (util-linux): cannot make permissions apply")
     return [setpriv, "--bounding-set=-dac_override,-dac_read_search", *argv]
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass  # test servers stay out of pytest's output
+
+
+class LoopbackServer:
+    """A real HTTP server on 127.0.0.1 (a free port), served on a daemon thread."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], path: str) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def free_port() -> int:

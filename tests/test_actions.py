@@ -2,10 +2,8 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ import pytest
 from accessd.actions import Actions, post_webhook, run_hook
 from accessd.config import ActionsConfig, HookConfig, WebhookConfig
 from accessd.types import Decision, Outcome
+from tests.conftest import LoopbackServer, QuietHandler
 
 DECISION = Decision(Outcome.GRANT, "ann; rm -rf / $(reboot)", 0.91, 0.75, 42, 1.4, "cam0", "verified")
 RECORD = {"ts": "2026-01-01T00:00:00Z", **DECISION.to_record()}
@@ -60,13 +59,13 @@ def test_missing_failing_and_flooding_hooks(caplog: pytest.LogCaptureFixture) ->
     assert run_hook(HookConfig(argv=(sys.executable, "-c", flood), timeout_s=30), {}) is True
 
 
-class Receiver:
+class Receiver(LoopbackServer):
     def __init__(self, status: int = 200, delay: float = 0.0) -> None:
         self.bodies: list[dict[str, object]] = []
         self.headers: list[dict[str, str]] = []
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.bodies.append(json.loads(body))
@@ -75,17 +74,7 @@ class Receiver:
                 self.send_response(status)
                 self.end_headers()
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/door"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler, "/door")
 
 
 @pytest.fixture

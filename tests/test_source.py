@@ -6,7 +6,7 @@ import base64
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import cv2
@@ -15,9 +15,10 @@ import pytest
 
 from accessd.config import SourceConfig
 from accessd.source import LiveSource, VideoFileSource, display_name, open_source
+from tests.conftest import LoopbackServer, QuietHandler
 
 
-class MjpegCamera:
+class MjpegCamera(LoopbackServer):
     """Serves `frames_per_connection` JPEG frames per connection, then hangs up (a camera that drops)."""
 
     def __init__(self, frames_per_connection: int = 15, fps: float = 30.0, bgr: np.ndarray | None = None,
@@ -29,7 +30,7 @@ class MjpegCamera:
         jpeg = cv2.imencode(".jpg", frame)[1].tobytes()
         camera = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 if expected and self.headers.get("Authorization") != expected:
                     camera.refused += 1
@@ -50,16 +51,7 @@ class MjpegCamera:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/stream.mjpg"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler, "/stream.mjpg")
 
 
 @pytest.fixture
