@@ -1,20 +1,118 @@
 """Face crop and alignment: the one implementation used by enrolment, serving and training.
 
-A face is cropped as a square around its detector box, enlarged by a margin,
-rotated so the eyes are level, and resized to the model's input in one affine
-warp (one interpolation, no intermediate crop that could fall off the frame).
+Two ways to cut a face out, chosen by the model's contract (`alignment`):
+- `landmarks` (the `resnet` model): dlib's face chip, a similarity transform
+  fitted to MediaPipe's eye, nose and mouth keypoints so they land where dlib's
+  5-point chip puts them (`get_face_chip(size=150, padding=0.25)`). dlib's
+  pretrained weights expect exactly that framing.
+- `box` (the `compact` and `koch` models): a square around the detector box,
+  enlarged by a margin and rotated so the eyes are level.
+Either is one affine warp (one interpolation, no intermediate crop that could
+fall off the frame).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from accessd.types import Face, Image
 
 DEFAULT_MARGIN = 0.25
+METHODS = ("box", "landmarks")
+
+# Where MediaPipe BlazeFace's keypoints land in dlib's 150 px chip with padding
+# 0.25 (full-range detector, mean over 1,500 LFW photos of people outside
+# pairsDevTest; ../shared/notes/mediapipe-to-dlib-chip.md), and how much each
+# counts in the fit. Ears move with head turn (sd 16-18 px): left out. The nose
+# tip sticks out of the face plane: down-weighted. Measured there on
+# pairsDevTest, this weighting loses nothing against dlib's own chips.
+_CHIP_SIZE, _CHIP_PADDING = 150.0, 0.25
+_TEMPLATE = np.array([(46.36, 47.03), (102.07, 46.85), (73.96, 79.23), (73.89, 108.07)], np.float64)
+_WEIGHTS = np.array([1.0, 1.0, 0.1, 0.25], np.float64)
+# Shrinking a large face by more than this in one bilinear warp aliases; such
+# faces are first reduced with INTER_AREA (dlib's chip extractor does the same
+# with an image pyramid).
+_MAX_WARP_SHRINK = 1.5
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """How a model wants its faces cut: output size, margin (padding) and method."""
+
+    size: int
+    margin: float = DEFAULT_MARGIN
+    method: str = "box"
+
+    def __post_init__(self) -> None:
+        if self.size <= 0:
+            raise ValueError(f"crop size must be positive, got {self.size}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown alignment {self.method!r}; choose from {', '.join(METHODS)}")
+
+
+def crop_face(image: Image, face: Face, spec: CropSpec) -> Image:
+    """The face cut out as `spec` says: a spec.size x spec.size RGB uint8 crop."""
+    if spec.method == "landmarks" and len(face.keypoints) >= 4:
+        return _warp(image, chip_transform(face, spec.size, spec.margin), spec.size, cv2.BORDER_CONSTANT)
+    # "box", or a face without keypoints: dlib's chip is roughly the box enlarged
+    # by the padding, which is what the box crop gives.
+    return align_face(image, face, spec.size, spec.margin)
+
+
+def chip_transform(face: Face, size: int, padding: float = _CHIP_PADDING) -> npt.NDArray[np.float64]:
+    """2x3 matrix from image pixels to dlib's chip: a weighted similarity fit of the keypoints."""
+    # The template in dlib's unit square (0..1 spans the face), then in this chip's pixels.
+    unit = _TEMPLATE / _CHIP_SIZE * (1 + 2 * _CHIP_PADDING) - _CHIP_PADDING
+    dst = (unit + padding) / (1 + 2 * padding) * size
+    src = np.asarray(face.keypoints[:4], np.float64)
+    return weighted_similarity(src, dst, _WEIGHTS)
+
+
+def weighted_similarity(src: npt.NDArray[np.float64], dst: npt.NDArray[np.float64],
+                        w: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Least-squares rotation + uniform scale + translation mapping src onto dst, points weighted.
+
+    Closed form (weighted Procrustes without reflection). OpenCV's
+    estimateAffinePartial2D has no weights, and unweighted fits that include the
+    nose and ears cost accuracy (see _TEMPLATE).
+    """
+    w = w / w.sum()
+    ms, md = w @ src, w @ dst
+    s, d = src - ms, dst - md
+    norm = float(w @ (s**2).sum(axis=1))
+    if norm <= 1e-12:
+        raise ValueError("keypoints coincide: cannot fit an alignment")
+    a = float(w @ (s[:, 0] * d[:, 0] + s[:, 1] * d[:, 1])) / norm
+    b = float(w @ (s[:, 0] * d[:, 1] - s[:, 1] * d[:, 0])) / norm
+    rot = np.array([[a, -b], [b, a]])
+    return np.hstack([rot, (md - rot @ ms)[:, None]])
+
+
+def _warp(image: Image, matrix: npt.NDArray[np.float64], size: int, border: int) -> Image:
+    scale = math.sqrt(abs(np.linalg.det(matrix[:, :2])))
+    if scale < 1.0 / _MAX_WARP_SHRINK:
+        # Reduce only the region the crop reads, then warp the rest of the way.
+        inv = cv2.invertAffineTransform(matrix)
+        corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64) @ inv.T
+        h, w = image.shape[:2]
+        x0, y0 = (max(0, int(math.floor(v)) - 2) for v in corners.min(axis=0))
+        x1, y1 = min(w, int(math.ceil(corners[:, 0].max())) + 2), min(h, int(math.ceil(corners[:, 1].max())) + 2)
+        if x1 > x0 and y1 > y0:
+            r = scale  # the ROI at the chip's scale: the warp that remains is ~1:1
+            roi = image[y0:y1, x0:x1]
+            small = cv2.resize(roi, (max(1, round((x1 - x0) * r)), max(1, round((y1 - y0) * r))),
+                               interpolation=cv2.INTER_AREA)
+            rx, ry = small.shape[1] / (x1 - x0), small.shape[0] / (y1 - y0)
+            a = matrix[:, :2]
+            matrix = np.hstack([a @ np.diag([1 / rx, 1 / ry]), (a @ np.array([x0, y0]) + matrix[:, 2])[:, None]])
+            image = small
+    crop = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=border, borderValue=0)
+    return np.ascontiguousarray(crop, dtype=np.uint8)
 
 
 def eye_angle(face: Face) -> float:

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from train.faces import FaceSet
-from train.model import MEAN, STD
+from train.model import ARCHITECTURES
 
 
 class DisjointnessError(ValueError):
@@ -86,14 +86,15 @@ def make_dataset(
     augment: bool,
     crops_tensor: Any = None,
     seed: int = 0,
+    arch: str = "compact",
 ) -> Any:
     """tf.data pipeline of ({anchor, other}, {score, emb_a, emb_b, distance}) batches."""
     import tensorflow as tf
 
     crops = crops_tensor if crops_tensor is not None else tf.constant(faces.crops)
     teacher = tf.constant(faces.teacher) if faces.teacher is not None else None
-    mean = tf.constant(MEAN, tf.float32)
-    std = tf.constant(STD, tf.float32)
+    mean = tf.constant(ARCHITECTURES[arch].mean, tf.float32)
+    std = tf.constant(ARCHITECTURES[arch].std, tf.float32)
 
     def augment_one(img: Any) -> Any:
         img = tf.image.random_flip_left_right(img)
@@ -137,8 +138,8 @@ def make_dataset(
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def normalise(crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+def normalise(crops: npt.NDArray[np.uint8], arch: str = "compact") -> npt.NDArray[np.float32]:
     """The same normalisation as the pipeline above, in numpy (evaluation, parity)."""
-    mean = np.asarray(MEAN, np.float32)
-    std = np.asarray(STD, np.float32)
+    mean = np.asarray(ARCHITECTURES[arch].mean, np.float32)
+    std = np.asarray(ARCHITECTURES[arch].std, np.float32)
     return ((crops.astype(np.float32) - mean) / std).astype(np.float32)

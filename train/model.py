@@ -4,7 +4,10 @@ Two embedding architectures, chosen by name:
 - `koch`: the seed design (Koch et al. 2015, as in the Siamese-verification
   tutorials): 100x100 input, four conv stages and a 4096-unit sigmoid layer.
   ~39 M parameters, ~150 MB as ONNX.
-- `compact` (default): a MobileFaceNet-style depthwise-separable CNN on 64x64
+- `resnet` (default): dlib's face-recognition ResNet (29 conv layers, 150x150
+  dlib face chips, 128-d), built layer for layer so that dlib's pretrained
+  weights (`train.import_dlib`) reproduce its descriptors; ~5.6 M parameters.
+- `compact`: a MobileFaceNet-style depthwise-separable CNN on 64x64
   crops with a global depthwise-conv head (keeps where on the aligned face a
   feature is, which average pooling would throw away); ~0.05 GFLOP per photo,
   0.7 M parameters, so it trains on a CPU within a session.
@@ -19,25 +22,39 @@ import keras
 from keras import layers, ops
 
 
+# Pixel normalisation of the from-scratch models (written into the ONNX metadata).
+MEAN = (127.5, 127.5, 127.5)
+STD = (127.5, 127.5, 127.5)
+# dlib's: (pixel - mean) / 256 per RGB channel, the mean read from its model file.
+DLIB_MEAN = (122.78199768066406, 117.0009994506836, 104.2979965209961)
+DLIB_STD = (256.0, 256.0, 256.0)
+
+
 @dataclass(frozen=True)
 class Architecture:
+    """An embedding network and the input contract that goes with it."""
+
     name: str
     input_size: int
     embedding_size: int
+    mean: tuple[float, float, float] = MEAN
+    std: tuple[float, float, float] = STD
+    alignment: str = "box"  # accessd.align.CropSpec.method
+    crop_margin: float = 0.2
+    # Mean embedding of the crop and its mirror image at test time: +1.3 points for
+    # `compact`; dlib's ResNet was trained without it and runs twice as fast without.
+    test_time_flip: bool = True
 
 
 ARCHITECTURES = {
     "koch": Architecture("koch", 100, 4096),
     "compact": Architecture("compact", 64, 128),
+    "resnet": Architecture("resnet", 150, 128, DLIB_MEAN, DLIB_STD, "landmarks", 0.25, test_time_flip=False),
 }
 
 # Moving statistics settle within a few hundred steps (Keras' 0.99 needs
 # thousands), so short CPU runs and smoke tests evaluate sensibly.
 BN_MOMENTUM = 0.9
-
-# Pixel normalisation shared by training and the daemon (written into the ONNX metadata).
-MEAN = (127.5, 127.5, 127.5)
-STD = (127.5, 127.5, 127.5)
 
 
 def _koch(arch: Architecture) -> keras.Model:
@@ -79,11 +96,88 @@ def _compact(arch: Architecture) -> keras.Model:
     return keras.Model(inp, out, name="embedding_compact")
 
 
+@keras.saving.register_keras_serializable(package="accessd")
+class Affine(layers.Layer):
+    """y = x * gamma + beta per channel: dlib's `affine_` (batch norm folded at the end of training).
+
+    Not BatchNormalization: fine-tuning with small CPU batches must not switch
+    to batch statistics.
+    """
+
+    def build(self, input_shape: Any) -> None:
+        c = int(input_shape[-1])
+        self.gamma = self.add_weight(shape=(c,), initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=(c,), initializer="zeros", name="beta")
+
+    def call(self, x: Any) -> Any:
+        return x * self.gamma + self.beta
+
+
+@keras.saving.register_keras_serializable(package="accessd")
+class PadChannels(layers.Layer):
+    """Zero channels appended at the end: dlib's add_prev with a narrower shortcut."""
+
+    def __init__(self, extra: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.extra = extra
+
+    def call(self, x: Any) -> Any:
+        return ops.pad(x, [[0, 0], [0, 0], [0, 0], [0, self.extra]])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "extra": self.extra}
+
+
+# dlib's ResNet (dnn_face_recognition_ex.cpp), stage by stage: (filters, blocks);
+# the first block of every stage after the first halves the map.
+RESNET_STAGES = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True))
+
+
+def _resnet_block(x: Any, filters: int, down: bool, name: str) -> Any:
+    """conv(3x3, stride) -> affine -> relu -> conv(3x3) -> affine, added to the shortcut, relu.
+
+    dlib pads stride-1 3x3 convs by 1 and never pads stride-2 ones (VALID). Its
+    add_prev of unequal shapes zero-fills the smaller operand at the end: the
+    avg-pooled shortcut gets extra channels, and where the strided conv yields
+    3x3 (1x1) against the shortcut's 4x4 (2x2), the conv branch is padded at the
+    bottom and right. Cropping instead would not reproduce dlib.
+    """
+    y = layers.Conv2D(filters, 3, strides=2 if down else 1, padding="valid" if down else "same",
+                      name=f"{name}_conv1")(x)
+    y = Affine(name=f"{name}_affine1")(y)
+    y = layers.ReLU(name=f"{name}_relu1")(y)
+    y = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv2")(y)
+    y = Affine(name=f"{name}_affine2")(y)
+    shortcut = layers.AveragePooling2D(2, 2, padding="valid", name=f"{name}_pool")(x) if down else x
+    if shortcut.shape[-1] < filters:
+        shortcut = PadChannels(filters - int(shortcut.shape[-1]), name=f"{name}_padc")(shortcut)
+    grow = int(shortcut.shape[1]) - int(y.shape[1])
+    if grow > 0:
+        y = layers.ZeroPadding2D(((0, grow), (0, grow)), name=f"{name}_pads")(y)
+    out = layers.Add(name=f"{name}_add")([y, shortcut])
+    return layers.ReLU(name=f"{name}_relu")(out)
+
+
+def _resnet(arch: Architecture) -> keras.Model:
+    inp = keras.Input((arch.input_size, arch.input_size, 3), name="image")
+    x = layers.Conv2D(32, 7, strides=2, padding="valid", name="stem_conv")(inp)
+    x = Affine(name="stem_affine")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    x = layers.MaxPooling2D(3, 2, padding="valid", name="stem_pool")(x)
+    for s, (filters, blocks, down) in enumerate(RESNET_STAGES):
+        for b in range(blocks):
+            x = _resnet_block(x, filters, down and b == 0, f"stage{s}_block{b}")
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    out = layers.Dense(arch.embedding_size, use_bias=False, name="embedding")(x)
+    return keras.Model(inp, out, name="embedding_resnet")
+
+
 def build_embedding(name: str) -> keras.Model:
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
     arch = ARCHITECTURES[name]
-    return _koch(arch) if name == "koch" else _compact(arch)
+    builders = {"koch": _koch, "compact": _compact, "resnet": _resnet}
+    return builders[name](arch)
 
 
 @keras.saving.register_keras_serializable(package="accessd")
@@ -130,13 +224,15 @@ def parts(model: keras.Model) -> tuple[keras.Model, layers.Dense]:
     return embed, head
 
 
-def embed_with_flip(embed: keras.Model, images: Any) -> Any:
-    """Mean embedding of the crops and their mirror images (test-time augmentation).
+def embed_for_serving(embed: keras.Model, images: Any) -> Any:
+    """The embedding the daemon uses: with the mirror-image average where the architecture asks for it.
 
     Used wherever a trained model embeds for real (evaluation, export), so the
-    Keras and ONNX numbers stay comparable; +1.3 points of validation accuracy
-    for twice the embedding cost (about 1 ms per face on the CPU).
+    Keras and ONNX numbers stay comparable. For `compact`, the flip gives +1.3
+    points of validation accuracy for twice the embedding cost (about 1 ms per face).
     """
+    if not ARCHITECTURES[embed.name.removeprefix("embedding_")].test_time_flip:
+        return embed(images, training=False)
     return (embed(images, training=False) + embed(ops.flip(images, axis=2), training=False)) / 2.0
 
 

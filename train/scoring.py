@@ -10,12 +10,14 @@ import numpy.typing as npt
 from train.data import normalise
 from train.faces import FaceSet
 from train.metrics import auc, best_threshold, eer, roc, tar_at_far, threshold_at_far
-from train.model import embed_with_flip, parts
+from train.model import arch_of, embed_for_serving, parts
 
 
 def embed_numpy(model: Any, crops: npt.NDArray[np.uint8], batch: int = 256) -> npt.NDArray[np.float32]:
     embed, _ = parts(model)
-    out = [np.asarray(embed_with_flip(embed, normalise(crops[i : i + batch]))) for i in range(0, len(crops), batch)]
+    arch = arch_of(model)
+    out = [np.asarray(embed_for_serving(embed, normalise(crops[i : i + batch], arch)))
+           for i in range(0, len(crops), batch)]
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, embed.output_shape[-1]), np.float32)
 
 
