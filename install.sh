@@ -22,7 +22,7 @@ if [ -z "${ACCESSD_NO_APT:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/de
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -r requirements-dev.txt
+.venv/bin/python -m pip install --quiet -r requirements-dev.txt -r requirements-train.txt
 .venv/bin/python -m pip install --quiet --no-deps -e .
 .venv/bin/python -m accessd.provision --dest models/detector
 echo "installed: .venv/bin/accessd"

@@ -93,15 +93,15 @@ def weighted_similarity(src: npt.NDArray[np.float64], dst: npt.NDArray[np.float6
     return np.hstack([rot, (md - rot @ ms)[:, None]])
 
 
-def _warp(image: Image, matrix: npt.NDArray[np.float64], size: int, border: int) -> Image:
+def _warp(image: npt.NDArray[np.uint8], matrix: npt.NDArray[np.float64], size: int, border: int) -> Image:
     scale = math.sqrt(abs(np.linalg.det(matrix[:, :2])))
     if scale < 1.0 / _MAX_WARP_SHRINK:
         # Reduce only the region the crop reads, then warp the rest of the way.
         inv = cv2.invertAffineTransform(matrix)
         corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64) @ inv.T
         h, w = image.shape[:2]
-        x0, y0 = (max(0, int(math.floor(v)) - 2) for v in corners.min(axis=0))
-        x1, y1 = min(w, int(math.ceil(corners[:, 0].max())) + 2), min(h, int(math.ceil(corners[:, 1].max())) + 2)
+        x0, y0 = (max(0, math.floor(v) - 2) for v in corners.min(axis=0))
+        x1, y1 = min(w, math.ceil(corners[:, 0].max()) + 2), min(h, math.ceil(corners[:, 1].max()) + 2)
         if x1 > x0 and y1 > y0:
             r = scale  # the ROI at the chip's scale: the warp that remains is ~1:1
             roi = image[y0:y1, x0:x1]
@@ -110,7 +110,7 @@ def _warp(image: Image, matrix: npt.NDArray[np.float64], size: int, border: int)
             rx, ry = small.shape[1] / (x1 - x0), small.shape[0] / (y1 - y0)
             a = matrix[:, :2]
             matrix = np.hstack([a @ np.diag([1 / rx, 1 / ry]), (a @ np.array([x0, y0]) + matrix[:, 2])[:, None]])
-            image = small
+            image = np.asarray(small, dtype=np.uint8)
     crop = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=border, borderValue=0)
     return np.ascontiguousarray(crop, dtype=np.uint8)
 

@@ -59,7 +59,7 @@ class DetectorConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    path: Path = Path("models/accessd-compact.onnx")
+    path: Path = Path("models/accessd-resnet.onnx")
     providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
     threads: int = 0  # ONNX Runtime intra-op threads; 0 lets it pick
 
@@ -80,6 +80,9 @@ class DecisionConfig:
     verification_threshold: float = 0.5
     # The best person's ratio must beat the runner-up's by this much (look-alikes are denied).
     margin: float = 0.2
+    # ... and their best pair score the runner-up's by this much, in log-odds: with
+    # one photo per person the ratio is 0 or 1, and only this tells a look-alike.
+    score_margin: float = 2.0
     confirm_frames: int = 3  # K: frames that must agree ...
     confirm_window: int = 5  # ... among the last N frames with a face
     grant_cooldown_s: float = 5.0

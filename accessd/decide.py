@@ -5,7 +5,10 @@ per face: a (face, photo) pair matches when its score is above
 `detection_threshold`; a person is verified when the fraction of their photos
 that match (`ratio`) is above `verification_threshold`, and only with
 `margin` over the runner-up, so a look-alike of two enrolled people is denied
-rather than confused.
+rather than confused. With one photo per person the ratio is 0 or 1 and that
+margin guards nothing, so a second guard compares the best pair score of the
+best and the runner-up person: closer than `score_margin` (in log-odds) and
+the face is refused as ambiguous.
 
 `DecisionMaker` turns per-frame results into events a door can act on: a grant
 needs the same person in K of the last N frames with a face; after a grant
@@ -15,6 +18,7 @@ does not fire a hundred of them.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -30,6 +34,12 @@ class Thresholds:
     detection: float
     verification: float
     margin: float
+    score_margin: float  # log-odds between the best and the runner-up person's best pair scores
+
+
+def log_odds(score: float) -> float:
+    p = min(max(score, 1e-7), 1.0 - 1e-7)
+    return math.log(p / (1.0 - p))
 
 
 def score_faces(faces: list[Face], scores: Floats, gallery: Gallery, t: Thresholds) -> list[FaceResult]:
@@ -43,16 +53,28 @@ def score_faces(faces: list[Face], scores: Floats, gallery: Gallery, t: Threshol
             continue
         matched = np.bincount(gallery.person_of, weights=(row > t.detection), minlength=n_people)
         total = np.bincount(gallery.person_of, weights=row.astype(np.float64), minlength=n_people)
+        tops = np.full(n_people, -np.inf)
+        np.maximum.at(tops, gallery.person_of, row.astype(np.float64))
         ratios = matched / photos
         means = total / photos
         order = np.lexsort((-means, -ratios))
         people = tuple(
-            PersonScore(gallery.people[i], float(ratios[i]), float(means[i]), int(photos[i])) for i in order
+            PersonScore(gallery.people[i], float(ratios[i]), float(means[i]), int(photos[i]), float(tops[i]))
+            for i in order
         )
         best = people[0]
-        runner_up = people[1].ratio if len(people) > 1 else 0.0
-        verified = best.ratio > t.verification and best.ratio - runner_up >= t.margin
-        results.append(FaceResult(face, people, best.person if verified else None))
+        verified = best.ratio > t.verification
+        rival = None
+        if verified and len(people) > 1:
+            runner_up = people[1]
+            # The runner-up by best single photo, not by ratio: with one photo each,
+            # a look-alike whose score fell just under the threshold has ratio 0.
+            closest = max(people[1:], key=lambda p: p.top)
+            if best.ratio - runner_up.ratio < t.margin:
+                verified, rival = False, runner_up.person
+            elif log_odds(best.top) - log_odds(closest.top) < t.score_margin:
+                verified, rival = False, closest.person
+        results.append(FaceResult(face, people, best.person if verified else None, rival))
     return results
 
 
@@ -113,7 +135,7 @@ class DecisionMaker:
         if len(unknown) >= k and self._deny_slot(ts):
             self._history.clear()
             best = max(unknown, key=_ratio_score)
-            reason = _deny_reason(best, self.config.verification_threshold)
+            reason = _deny_reason(best)
             if self._count_deny(ts):
                 reason += f"; lockout for {self.config.lockout_s:.0f} s after {len(self._denies)} denies"
             return self._decision(Outcome.DENY, None, best, frame, ts, reason)
@@ -194,9 +216,9 @@ def _ratio_score(r: FaceResult) -> tuple[float, float]:
     return (r.best.ratio, r.best.score) if r.best else (0.0, 0.0)
 
 
-def _deny_reason(r: FaceResult, verification_threshold: float) -> str:
+def _deny_reason(r: FaceResult) -> str:
     if r.best is None:
         return "gallery empty"
-    if r.best.ratio > verification_threshold:
-        return "no margin over runner-up"  # a look-alike of two enrolled people
-    return "not verified"
+    if r.rival is not None:
+        return f"ambiguous: close to both {r.best.person} and {r.rival}"  # a look-alike of two enrolled people
+    return "no match"

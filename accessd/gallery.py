@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from accessd.align import align_face
+from accessd.align import CropSpec, crop_face
 from accessd.imageio import IMAGE_SUFFIXES, ImageError, decode_image
 from accessd.types import Face, Floats, Image
 
@@ -163,8 +163,7 @@ def load_gallery(
     default_person: str,
     detect: Callable[[Image], list[Face]],
     embed: Callable[[npt.NDArray[np.uint8]], Floats],
-    crop_size: int,
-    crop_margin: float,
+    crop: CropSpec,
     cache: EmbeddingCache | None,
     dim: int,
     cancel: threading.Event | None = None,
@@ -203,7 +202,7 @@ def load_gallery(
                 skipped.append(Skipped(path, face))
                 log.warning("gallery: skipping %s: %s", path, face)
                 continue
-            pending.append((len(photos), align_face(image, face, crop_size, crop_margin)))
+            pending.append((len(photos), crop_face(image, face, crop)))
         photos.append(Photo(person, path, sha))
         vectors.append(cached)
     # In small batches: ONNX Runtime's memory arena keeps the peak of the largest batch it

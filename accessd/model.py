@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from accessd.align import METHODS, CropSpec
 from accessd.types import Floats, Image
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class Contract:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     crop_margin: float
+    alignment: str  # accessd.align.CropSpec.method; "box" for models exported before it existed
     embedding_size: int
     architecture: str
     detection_threshold: float
@@ -57,6 +59,7 @@ class Contract:
                 mean=tuple(float(v) for v in d["mean"]),  # type: ignore[arg-type]
                 std=tuple(float(v) for v in d["std"]),  # type: ignore[arg-type]
                 crop_margin=float(d["crop_margin"]),
+                alignment=str(d.get("alignment", "box")),
                 embedding_size=int(d["embedding_size"]),
                 architecture=str(d["architecture"]),
                 detection_threshold=float(d["detection_threshold"]),
@@ -68,7 +71,14 @@ class Contract:
             raise ModelError(f"{where}: metadata {CONTRACT_KEY} is incomplete or malformed ({exc!r})") from exc
         if c.color_order not in ("RGB", "BGR") or len(c.mean) != 3 or len(c.std) != 3 or 0.0 in c.std:
             raise ModelError(f"{where}: metadata {CONTRACT_KEY} has an invalid colour order or normalisation")
+        if c.alignment not in METHODS:
+            raise ModelError(f"{where}: metadata {CONTRACT_KEY} has an unknown alignment {c.alignment!r}")
         return c
+
+    @property
+    def crop(self) -> CropSpec:
+        """How faces must be cut for this model."""
+        return CropSpec(self.input_size[0], self.crop_margin, self.alignment)
 
 
 def _create_session(ort: Any, data: bytes, options: Any, providers: list[str]) -> Any:

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from accessd.align import align_face
+from accessd.align import crop_face
 from accessd.config import Config
 from accessd.decide import Thresholds, score_faces
 from accessd.detector import FaceDetector
 from accessd.gallery import EmbeddingCache, Gallery, cache_key, load_gallery
 from accessd.model import SiameseModel
 from accessd.provision import model_path
-from accessd.types import Face, FaceResult, Image
+from accessd.types import Face, FaceResult, Floats, Image
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ class FrameAnalysis:
     crops: list[Image]
     results: list[FaceResult]
     seconds: dict[str, float] = field(default_factory=dict)  # per stage: detect, embed
+    scores: Floats | None = None  # faces x gallery photos pair scores (None without faces)
 
 
 class Pipeline:
@@ -43,6 +44,7 @@ class Pipeline:
             detection=d.detection_threshold if d.detection_threshold is not None else c.detection_threshold,
             verification=d.verification_threshold,
             margin=d.margin,
+            score_margin=d.score_margin,
         )
         # MediaPipe graphs are not documented as safe for concurrent calls, and galleries
         # are rebuilt on a worker thread while frames are analysed: one detector each.
@@ -53,7 +55,7 @@ class Pipeline:
         )
 
     def crop(self, image: Image, face: Face) -> Image:
-        return align_face(image, face, self.model.input_size, self.model.contract.crop_margin)
+        return crop_face(image, face, self.model.contract.crop)
 
     def load_gallery(self, root: Path | None = None, cancel: threading.Event | None = None) -> Gallery:
         """Safe beside `analyse` on another thread: enrolment has its own detector."""
@@ -64,8 +66,7 @@ class Pipeline:
             self.config.gallery.default_person,
             self._enrol_detector.detect,
             self.model.embed,
-            self.model.input_size,
-            self.model.contract.crop_margin,
+            self.model.contract.crop,
             self._cache,
             self.model.contract.embedding_size,
             cancel,
@@ -87,7 +88,7 @@ class Pipeline:
         # All faces of the frame in one run, scored against the whole gallery.
         _, scores = self.model.embed_and_score(np.stack(crops), gallery.embeddings)
         results = score_faces(faces, scores, gallery, self.thresholds)
-        return FrameAnalysis(faces, crops, results, {"detect": t1 - t0, "embed": time.perf_counter() - t1})
+        return FrameAnalysis(faces, crops, results, {"detect": t1 - t0, "embed": time.perf_counter() - t1}, scores)
 
     def close(self) -> None:
         self.detector.close()

@@ -69,6 +69,7 @@ class PersonScore:
     ratio: float  # fraction of the person's photos whose score is above detection_threshold
     score: float  # mean pair score over the person's photos
     photos: int
+    top: float = 0.0  # highest pair score over the person's photos (the look-alike guard compares these)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class FaceResult:
     face: Face
     people: tuple[PersonScore, ...]
     candidate: str | None  # verified with margin over the runner-up, else None
+    rival: str | None = None  # set when refused because the face is close to this person too
 
     @property
     def best(self) -> PersonScore | None:

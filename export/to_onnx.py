@@ -1,7 +1,7 @@
 """Export a trained Siamese checkpoint to the ONNX model the daemon runs.
 
-    python export/to_onnx.py runs/compact/checkpoint.keras models/accessd-compact.onnx \\
-        [--report runs/compact/devtest.json]
+    python export/to_onnx.py runs/resnet/checkpoint.keras models/accessd-resnet.onnx \\
+        [--report models/accessd-resnet.devtest.json]
 
 One graph with two inputs, so the daemon can cache gallery embeddings and still
 score a frame in one call:
@@ -48,7 +48,7 @@ def to_onnx(model: Any, opset: int = 17) -> Any:
     import tensorflow as tf
     import tf2onnx
 
-    from train.model import embed_with_flip, parts
+    from train.model import embed_for_serving, parts
 
     embed, head = parts(model)
     size = int(embed.input_shape[1])
@@ -64,7 +64,7 @@ def to_onnx(model: Any, opset: int = 17) -> Any:
         ]
     )
     def serve(image: Any, gallery: Any) -> dict[str, Any]:
-        emb = embed_with_flip(embed, image)
+        emb = embed_for_serving(embed, image)
         diff = tf.abs(emb[:, None, :] - gallery[None, :, :])
         logits = tf.tensordot(diff, tf.constant(kernel_np[:, 0]), axes=1) + tf.constant(bias_np[0])
         return {"embedding": tf.identity(emb, name="embedding"), "scores": tf.sigmoid(logits, name="scores")}
@@ -83,24 +83,29 @@ def to_onnx(model: Any, opset: int = 17) -> Any:
 
 
 def contract(model: Any, sha: str, state: dict[str, Any], report: dict[str, Any] | None) -> dict[str, Any]:
-    from train.model import MEAN, STD, arch_of, parts
+    from train.model import ARCHITECTURES, arch_of, parts
 
     embed, _ = parts(model)
+    arch = ARCHITECTURES[arch_of(model)]
     validation = state.get("validation", {})
     # Deny-leaning: the lowest threshold at which at most 1% of stranger pairs of
     # held-out people match (not the accuracy-maximising one, which lets ~10% of
     # stranger pairs through). The daemon adds its own caution on top: a majority
     # of a person's photos must match, with a margin, in K of N frames.
-    suggested = validation.get("val_threshold_far_1e-2", validation.get("val_threshold", 0.5))
+    # A model trained for the door (train.finetune) records the threshold it picked
+    # per attempt on held-out people; that one wins.
+    suggested = validation.get("door_threshold",
+                               validation.get("val_threshold_far_1e-2", validation.get("val_threshold", 0.5)))
     return {
         "format": 1,
         "input_size": [int(embed.input_shape[1]), int(embed.input_shape[2])],
         "color_order": "RGB",
         "layout": "NHWC",
-        "mean": [127.5, 127.5, 127.5] if MEAN == (127.5, 127.5, 127.5) else list(MEAN),
-        "std": list(STD),
-        "crop_margin": 0.2,
-        "test_time_flip": True,
+        "mean": list(arch.mean),
+        "std": list(arch.std),
+        "crop_margin": arch.crop_margin,
+        "alignment": arch.alignment,
+        "test_time_flip": arch.test_time_flip,
         "embedding_size": int(embed.output_shape[-1]),
         "architecture": arch_of(model),
         "training": {
@@ -116,26 +121,28 @@ def contract(model: Any, sha: str, state: dict[str, Any], report: dict[str, Any]
     }
 
 
-def parity_crops(size: int, n: int = 24) -> np.ndarray:
+def parity_crops(meta: dict[str, Any], n: int = 24) -> np.ndarray:
     """Real aligned face crops from LFW, through the daemon's detect -> align code."""
+    from accessd.align import CropSpec
     from train.faces import prepare_faces
 
     root = Path(os.environ.get("ACCESSD_SHARED", "../shared")) / "data/lfw"
     people = sorted(p.name for p in root.iterdir() if p.is_dir())[:12]
+    spec = CropSpec(meta["input_size"][0], meta["crop_margin"], meta["alignment"])
     faces = prepare_faces(root, Path("models/detector/face_detection_full_range_sparse.tflite"),
-                          size, 0.2, Path("cache"), workers=1, only_people=people)
+                          spec, Path("cache"), workers=1, only_people=people)
     return faces.crops[:n]
-
 
 
 def check_parity(model: Any, proto: Any, crops: np.ndarray) -> float:
     import onnxruntime as ort
 
     from train.data import normalise
+    from train.model import arch_of
     from train.scoring import embed_numpy, pair_scores
 
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    x = normalise(crops)
+    x = normalise(crops, arch_of(model))
     ref_emb = embed_numpy(model, crops)
     emb_onnx, scores_onnx = sess.run(["embedding", "scores"], {"image": x, "gallery": ref_emb})
     ref_scores = np.stack([pair_scores(model, np.repeat(e[None], len(ref_emb), 0), ref_emb) for e in ref_emb])
@@ -163,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     entry = proto.metadata_props.add()
     entry.key, entry.value = CONTRACT_KEY, json.dumps(meta, sort_keys=True)
     proto.producer_name = "accessd export/to_onnx.py"
-    diff = check_parity(model, proto, parity_crops(meta["input_size"][0]))
+    diff = check_parity(model, proto, parity_crops(meta))
     if not diff <= PARITY_TOLERANCE:
         log.error("parity check FAILED: max |Keras - ONNX Runtime| = %.3g > %.0e", diff, PARITY_TOLERANCE)
         return 1

@@ -10,7 +10,9 @@ from accessd.gallery import Gallery, Photo
 from accessd.types import Face, FaceResult, Outcome, PersonScore
 
 FACE = Face(10, 10, 100, 100, 0.9)
-T = Thresholds(detection=0.5, verification=0.5, margin=0.2)
+T = Thresholds(detection=0.5, verification=0.5, margin=0.2, score_margin=2.0)
+# The ratio rule alone, for the tests of it: the score guard has its own tests below.
+T_RATIO = Thresholds(detection=0.5, verification=0.5, margin=0.2, score_margin=0.0)
 
 
 def gallery(people: list[str]) -> Gallery:
@@ -26,7 +28,7 @@ def gallery(people: list[str]) -> Gallery:
 def test_ratio_is_fraction_of_photos_above_detection_threshold() -> None:
     g = gallery(["ann", "ann", "ann", "ann", "bob", "bob"])
     scores = np.array([[0.9, 0.8, 0.7, 0.2, 0.1, 0.6]], np.float32)
-    (r,) = score_faces([FACE], scores, g, T)
+    (r,) = score_faces([FACE], scores, g, T_RATIO)
     assert r.best is not None and r.best.person == "ann" and r.best.ratio == 0.75
     assert r.people[1].ratio == 0.5
     # 0.75 beats bob's 0.5 by only 0.25 - still above margin 0.2: verified.
@@ -45,6 +47,34 @@ def test_look_alikes_without_margin_are_denied() -> None:
     scores = np.array([[0.9, 0.8, 0.9, 0.7]], np.float32)  # both ratio 1.0
     (r,) = score_faces([FACE], scores, g, T)
     assert r.candidate is None
+
+
+def test_one_photo_each_two_matches_is_ambiguous_not_the_higher_one() -> None:
+    g = gallery(["ann", "bob", "cy"])
+    (r,) = score_faces([FACE], np.array([[0.97, 0.93, 0.1]], np.float32), g, T)
+    assert r.candidate is None and r.rival == "bob"
+
+
+def test_one_photo_each_a_near_miss_of_another_person_is_ambiguous() -> None:
+    """bob's photo just under the threshold has ratio 0: only the score guard sees him."""
+    g = gallery(["ann", "bob", "cy"])
+    t = Thresholds(detection=0.7, verification=0.5, margin=0.2, score_margin=2.0)
+    (r,) = score_faces([FACE], np.array([[0.9, 0.65, 0.1]], np.float32), g, t)  # log-odds 2.2 vs 0.6
+    assert r.candidate is None and r.rival == "bob"
+    (clear,) = score_faces([FACE], np.array([[0.9, 0.3, 0.1]], np.float32), g, t)  # 2.2 vs -0.8
+    assert clear.candidate == "ann" and clear.rival is None
+
+
+def test_ambiguous_face_is_denied_with_both_names_in_the_reason() -> None:
+    g = gallery(["ann", "bob"])
+    dm = DecisionMaker(DecisionConfig(), "cam")
+    decisions = []
+    for i in range(5):
+        (r,) = score_faces([FACE], np.array([[0.97, 0.95]], np.float32), g, T)
+        decisions.append(dm.update(i, i / 10, [r]))
+    denied = [d for d in decisions if d is not None]
+    assert [d.outcome for d in denied] == [Outcome.DENY]
+    assert denied[0].reason == "ambiguous: close to both ann and bob"
 
 
 def test_empty_gallery_verifies_no_one() -> None:

@@ -117,8 +117,8 @@ def test_refused_photos_are_remembered_by_content(pipeline: Pipeline, tmp_path: 
         return pipeline.detector.detect(image)
 
     def load() -> object:
-        return load_gallery(root, "owner", counting_detect, pipeline.model.embed, pipeline.model.input_size,
-                            pipeline.model.contract.crop_margin, cache, 128)
+        return load_gallery(root, "owner", counting_detect, pipeline.model.embed, pipeline.model.contract.crop,
+                            cache, 128)
 
     first = load()
     assert len(calls) == 2

@@ -48,7 +48,7 @@ def decide(tmp_path: Path, model: Path, gallery: Path, video: Path, liveness: bo
     log = tmp_path / f"audit-{video.stem}-{liveness}.jsonl"
     # 0.6: the README's tuned operating point for the shipped model (its default is stricter).
     cfg = write_config(tmp_path / "config.yaml", model,
-                       decision={"detection_threshold": 0.6, "liveness_check": liveness, "deny_interval_s": 1.0})
+                       decision={"liveness_check": liveness, "deny_interval_s": 1.0})
     result = run_daemon("run", "--config", str(cfg), "--source", str(video), "--gallery", str(gallery),
                         "--audit-log", str(log))
     assert result.returncode == 0, result.stderr[-2000:]

@@ -252,7 +252,7 @@ def test_daemon_publishes_every_audited_decision(tmp_path: Path, broker: Broker,
     log = tmp_path / "audit.jsonl"
     cfg = write_config(tmp_path / "config.yaml", trained_model, gallery={"dir": str(gallery)},
                        audit={"path": str(log)}, mqtt={"host": "127.0.0.1", "port": broker.port},
-                       decision={"detection_threshold": 0.6, "deny_interval_s": 1.0})
+                       decision={"deny_interval_s": 1.0})
     sub = Subscriber(broker, "accessd/#")
     try:
         result = run_daemon("run", "--config", str(cfg), "--source", str(video))

@@ -1,16 +1,25 @@
-"""Door-level evaluation: the daemon's own two-threshold decision on unseen people.
+"""Per-attempt door evaluation: people the model never saw, through the daemon's own pipeline.
 
-    python -m train.door_eval --model models/accessd-compact.onnx \\
-        --people ../shared/data/lfw-protocol/pairsDevTest.txt [--enrol 10] [--probes 10] [--json]
+    python -m train.door_eval --model models/accessd-resnet.onnx \\
+        --people ../shared/data/lfw-protocol/pairsDevTest.txt [--enrol 3] [--gallery-people 20] [--json]
 
-Every person of the list with more than --enrol photos (or the first
---gallery-people of them) is enrolled with their
-first --enrol photos; their next --probes photos are genuine attempts. Every
-photo of the list's other people is an impostor attempt against the whole
-gallery. Each attempt is decided by `accessd.decide.score_faces` (ratio above
-verification_threshold, margin over the runner-up) for a range of
-detection_threshold values, so the report shows what a door would do, per
-single frame (the daemon also needs K of N frames to agree).
+A door is judged per attempt, not per frame or pair. `--gallery-people` people
+of the list (each with more than `--enrol` photos) are enrolled with their
+first `--enrol` photos through the daemon's enrolment code (`Pipeline.load_gallery`
+on a real folder). Each attempt is one photo held before the camera for
+`--seconds`: `--fps` frames of 640x480 with the photo pasted in, drifting,
+turning and changing size a little as a hand would hold it, with sensor noise.
+Every frame goes through `Pipeline.analyse` (MediaPipe, alignment, ONNX
+Runtime) and a fresh `DecisionMaker` (the configured confirm_frames of
+confirm_window, the look-alike guards). Genuine attempts are each enrolled
+person's next `--probes` photos; stranger attempts are photos of the list's
+other people, one per person in turn, up to `--strangers`.
+
+Reported for each detection_threshold of a sweep (the frames are analysed once
+and re-decided per threshold): genuine attempts granted as themselves and how
+fast, genuine attempts granted as someone else (the wrong-person chances), and
+strangers granted. `--people` may also be a training run's state.json, whose
+held-out people choose the shipped threshold without touching pairsDevTest.
 """
 
 from __future__ import annotations
@@ -18,81 +27,184 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from accessd.decide import Thresholds, score_faces
-from accessd.gallery import Gallery, Photo
-from accessd.model import SiameseModel
-from accessd.types import Face
-from train.evaluate import pair_crops
-from train.pairs import Pair, PairList, load_pairs
+from accessd.config import load_config
+from accessd.decide import DecisionMaker, Thresholds, score_faces
+from accessd.gallery import Gallery
+from accessd.imageio import read_image
+from accessd.pipeline import Pipeline
+from accessd.types import Face, Floats, Image, Outcome
+from train.pairs import load_pairs
+
+
+@dataclass
+class Attempt:
+    person: str | None  # the enrolled person it is, None for a stranger
+    photo: str
+    frames: list[tuple[list[Face], Floats | None]]  # per frame: faces and their pair scores
+
+
+def held_photo_frames(photo: Image, seconds: float, fps: float, rng: np.random.Generator,
+                      width: int = 640, height: int = 480) -> list[Image]:
+    """A photo held before the camera: small drifts of position, scale and roll, and sensor noise."""
+    n = max(1, round(seconds * fps))
+    h, w = photo.shape[:2]
+    start = np.array([rng.uniform(-60, 60), rng.uniform(-30, 30), rng.uniform(0.9, 1.4), rng.uniform(-6, 6)])
+    drift = np.array([rng.uniform(-20, 20), rng.uniform(-10, 10), rng.uniform(-0.1, 0.1), rng.uniform(-3, 3)])
+    frames = []
+    background = np.full((height, width, 3), rng.integers(60, 140), np.uint8)
+    for i in range(n):
+        dx, dy, scale, roll = start + drift * (i / max(n - 1, 1)) + rng.normal(0, [1.5, 1.5, 0.01, 0.4])
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), roll, scale)
+        m[:, 2] += (width / 2 + dx - w / 2, height / 2 + dy - h / 2)
+        frame = cv2.warpAffine(photo, m, (width, height), dst=background.copy(), borderMode=cv2.BORDER_TRANSPARENT)
+        noisy = frame.astype(np.float32) + rng.normal(0, 3.0, frame.shape).astype(np.float32)
+        frames.append(np.clip(noisy, 0, 255).astype(np.uint8))
+    return frames
+
+
+def decide_attempt(attempt: Attempt, gallery: Gallery, thresholds: Thresholds, pipeline: Pipeline,
+                   fps: float) -> tuple[str | None, float | None, str | None]:
+    """(granted person, seconds to the grant, the first deny's reason) for one attempt."""
+    dm = DecisionMaker(pipeline.config.decision, "door_eval")
+    denied = None
+    for i, (faces, scores) in enumerate(attempt.frames):
+        results = score_faces(faces, scores, gallery, thresholds) if scores is not None else []
+        decision = dm.update(i, i / fps, results)
+        if decision is None:
+            continue
+        if decision.outcome is Outcome.GRANT:
+            return decision.person, (i + 1) / fps, denied
+        denied = denied or decision.reason
+    return None, None, denied
+
+
+def read_people(path: Path) -> list[str]:
+    if path.suffix == ".json":
+        return sorted(json.loads(path.read_text())["validation_people"])
+    return sorted(load_pairs(path).people)
+
+
+Outcome3 = tuple[str | None, float | None, str | None]  # granted person, seconds to grant, first deny reason
+
+
+def summarise(attempts: list[Attempt], outcomes: list[Outcome3]) -> dict[str, object]:
+    genuine = [(a, o) for a, o in zip(attempts, outcomes, strict=True) if a.person is not None]
+    strangers = [o for a, o in zip(attempts, outcomes, strict=True) if a.person is None]
+    right = [o[1] for a, o in genuine if o[0] == a.person and o[1] is not None]
+    wrong = [f"{a.photo} as {o[0]}" for a, o in genuine if o[0] is not None and o[0] != a.person]
+    let_in = [o[0] for o in strangers if o[0] is not None]
+    ambiguous = sum(1 for o in outcomes if o[2] is not None and o[2].startswith("ambiguous"))
+    return {
+        "genuine_attempts": len(genuine),
+        "genuine_granted": len(right),
+        "genuine_granted_rate": len(right) / max(len(genuine), 1),
+        "seconds_to_grant_median": float(np.median(right)) if right else None,
+        "seconds_to_grant_max": float(np.max(right)) if right else None,
+        "granted_as_someone_else": len(wrong),
+        "wrong_person_examples": wrong[:5],
+        "stranger_attempts": len(strangers),
+        "strangers_granted": len(let_in),
+        "ambiguous_denies": ambiguous,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     shared = Path(os.environ.get("ACCESSD_SHARED", "../shared"))
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--people", type=Path, required=True, help="pair list whose people are used")
+    p.add_argument("--people", type=Path, required=True, help="pair list (or a run's state.json) naming the people")
     p.add_argument("--data", type=Path, default=shared / "data/lfw")
-    p.add_argument("--enrol", type=int, default=10)
-    p.add_argument("--probes", type=int, default=10)
-    p.add_argument("--gallery-people", type=int, default=0,
-                   help="enrol only the first N eligible people (a household door), 0 for all")
-    p.add_argument("--verification", type=float, default=0.5)
-    p.add_argument("--margin", type=float, default=0.2)
-    p.add_argument("--cache-dir", type=Path, default=Path("cache"))
+    p.add_argument("--config", type=Path, default=Path("config.yaml"), help="decision settings (defaults: config.yaml)")
+    p.add_argument("--enrol", type=int, default=3)
+    p.add_argument("--probes", type=int, default=5)
+    p.add_argument("--gallery-people", type=int, default=20)
+    p.add_argument("--strangers", type=int, default=250)
+    p.add_argument("--seconds", type=float, default=1.5)
+    p.add_argument("--fps", type=float, default=15.0)
+    p.add_argument("--thresholds", type=float, nargs="*", help="detection thresholds to sweep (default: a grid)")
+    p.add_argument("--verifications", type=float, nargs="*",
+                   help="verification thresholds to sweep (default: the configured one)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    model = SiameseModel(args.model)
-    people = sorted(load_pairs(args.people).people)
+    config = load_config(args.config) if args.config.is_file() else load_config(None)
+    config = replace(config, model=replace(config.model, path=args.model.resolve()),
+                     state_dir=Path(tempfile.mkdtemp(prefix="door_eval_state_")))
+    pipeline = Pipeline(config)
+    rng = np.random.default_rng(args.seed)
+    people = read_people(args.people)
     photos = {q: sorted(f"{q}/{f.name}" for f in (args.data / q).glob("*.jpg")) for q in people}
-    enrolled = [q for q in people if len(photos[q]) > args.enrol]
-    if args.gallery_people:
-        enrolled = enrolled[: args.gallery_people]
-    everyone = PairList(tuple(Pair(ph, ph, True, 0) for q in people for ph in photos[q]), 1)
-    crops = pair_crops(everyone, args.data, model.input_size, model.contract.crop_margin, args.cache_dir)
-    gal_photos = [ph for q in enrolled for ph in photos[q][: args.enrol]]
-    names = tuple(enrolled)
-    gallery = Gallery(
-        embeddings=model.embed(np.stack([crops[ph] for ph in gal_photos])),
-        person_of=np.asarray([names.index(ph.split("/")[0]) for ph in gal_photos]),
-        people=names,
-        photos=tuple(Photo(ph.split("/")[0], Path(ph), ph) for ph in gal_photos),
-    )
-    genuine = [(q, ph) for q in enrolled for ph in photos[q][args.enrol : args.enrol + args.probes]]
-    impostor = [(None, ph) for q in people if q not in enrolled for ph in photos[q]]
-    attempts = genuine + impostor
-    probe = np.stack([crops[ph] for _, ph in attempts])
-    _, scores = model.embed_and_score(probe, gallery.embeddings)
-    face = Face(0, 0, 1, 1, 1.0)
+    eligible = [q for q in people if len(photos[q]) > args.enrol]
+    enrolled = sorted(rng.choice(eligible, min(args.gallery_people, len(eligible)), replace=False).tolist())
+    with tempfile.TemporaryDirectory(prefix="door_eval_gallery_") as tmp:
+        for q in enrolled:
+            (Path(tmp) / q).mkdir()
+            for rel in photos[q][: args.enrol]:
+                shutil.copy(args.data / rel, Path(tmp) / rel)
+        gallery = pipeline.load_gallery(Path(tmp))
+    others = [q for q in people if q not in enrolled]
+    order = rng.permutation(len(others))
+    strangers: list[str] = []
+    for round_ in range(max((len(photos[q]) for q in others), default=0)):
+        strangers += [photos[others[i]][round_] for i in order if round_ < len(photos[others[i]])]
+    plan = [(q, rel) for q in enrolled for rel in photos[q][args.enrol : args.enrol + args.probes]]
+    plan += [(None, rel) for rel in strangers[: args.strangers]]
+
+    attempts = []
+    for k, (who, rel) in enumerate(plan):
+        frames = held_photo_frames(read_image(args.data / rel), args.seconds, args.fps, np.random.default_rng(k))
+        analysed = []
+        for frame in frames:
+            a = pipeline.analyse(frame, gallery)
+            analysed.append((a.faces, a.scores))
+        attempts.append(Attempt(who, rel, analysed))
+
+    d = config.decision
+    default_t = pipeline.thresholds.detection
+    grid = args.thresholds or [round(t, 2) for t in np.arange(0.30, 0.96, 0.05)]
     rows = []
-    grid = set(np.round(np.arange(0.30, 0.96, 0.05), 2).tolist()) | {round(model.contract.detection_threshold, 3)}
-    for t in sorted(grid):
-        th = Thresholds(float(t), args.verification, args.margin)
-        results = score_faces([face] * len(attempts), scores, gallery, th)
-        cand = [r.candidate for r in results]
-        g = len(genuine)
-        tar = float(np.mean([c == q for c, (q, _) in zip(cand[:g], genuine, strict=True)]))
-        wrong = float(np.mean([c is not None and c != q for c, (q, _) in zip(cand[:g], genuine, strict=True)]))
-        far = float(np.mean([c is not None for c in cand[g:]])) if impostor else 0.0
-        rows.append({"detection_threshold": float(t), "genuine_accept": tar, "genuine_as_other": wrong,
-                     "impostor_accept": far})
-    report = {"model": str(args.model), "enrolled_people": len(enrolled), "photos_each": args.enrol,
-              "genuine_attempts": len(genuine), "impostor_attempts": len(impostor),
-              "model_threshold": model.contract.detection_threshold, "rows": rows}
+    for v in args.verifications or [d.verification_threshold]:
+        for t in sorted({*grid, round(default_t, 4)}):
+            th = Thresholds(float(t), v, d.margin, d.score_margin)
+            outcomes = [decide_attempt(a, gallery, th, pipeline, args.fps) for a in attempts]
+            rows.append({"detection_threshold": float(t), "verification_threshold": v,
+                         **summarise(attempts, outcomes)})
+    pipeline.close()
+    report = {
+        "model": str(args.model), "people_from": str(args.people), "enrolled_people": len(enrolled),
+        "enrolled_photos": len(gallery.photos), "photos_each": args.enrol, "seconds": args.seconds, "fps": args.fps,
+        "confirm": f"{d.confirm_frames} of {d.confirm_window}", "verification_threshold": d.verification_threshold,
+        "margin": d.margin, "score_margin": d.score_margin, "default_threshold": default_t, "rows": rows,
+    }
     if args.json:
         print(json.dumps(report))
-    else:
-        print(f"{len(enrolled)} people enrolled with {args.enrol} photos; {len(genuine)} genuine and "
-              f"{len(impostor)} impostor single-frame attempts (model threshold "
-              f"{model.contract.detection_threshold:.3f})")
-        print("threshold  genuine_accept  genuine_as_other  impostor_accept")
-        for r in rows:
-            print(f"{r['detection_threshold']:9.2f}  {r['genuine_accept']:14.3f}  {r['genuine_as_other']:16.3f}  "
-                  f"{r['impostor_accept']:15.3f}")
+        return 0
+    g = rows[0]["genuine_attempts"]
+    print(f"{len(enrolled)} people never trained on, enrolled with {args.enrol} photos each ({len(gallery.photos)} "
+          f"in use); {g} genuine and {rows[0]['stranger_attempts']} stranger attempts, each a photo held "
+          f"{args.seconds} s at {args.fps:g} frames/s; confirm {d.confirm_frames} of {d.confirm_window}, "
+          f"score_margin {d.score_margin}; model threshold {default_t:.3f}")
+    print("verif  threshold  genuine granted  median s  max s  granted as someone else  strangers granted  ambiguous")
+    for r in rows:
+        default = (abs(r["detection_threshold"] - default_t) < 1e-9
+                   and r["verification_threshold"] == d.verification_threshold)
+        mark = " *" if default else ""
+        med = r["seconds_to_grant_median"]
+        mx = r["seconds_to_grant_max"]
+        print(f"{r['verification_threshold']:5.2f}  {r['detection_threshold']:9.3f}  "
+              f"{r['genuine_granted']:4d}/{g} {r['genuine_granted_rate']:6.1%}  "
+              f"{med if med is not None else float('nan'):8.2f}  {mx if mx is not None else float('nan'):5.2f}  "
+              f"{r['granted_as_someone_else']:23d}  {r['strangers_granted']:8d}/{r['stranger_attempts']}"
+              f"  {r['ambiguous_denies']:9d}{mark}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Evaluate a Keras checkpoint or an exported ONNX model on an LFW pair list.
 
-    python -m train.evaluate --model models/accessd-compact.onnx \\
+    python -m train.evaluate --model models/accessd-resnet.onnx \\
         --pairs ../shared/data/lfw-protocol/pairsDevTest.txt [--data ROOT] [--json] [--plots DIR]
 
 Faces go through the daemon's detect -> align code. A photo where no face is
@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from train.metrics import (
 )
 from train.pairs import PairList, load_pairs
 
+if TYPE_CHECKING:
+    from accessd.align import CropSpec
+
 log = logging.getLogger("evaluate")
 
 
@@ -49,20 +52,19 @@ class Scorer:
             from accessd.model import SiameseModel
 
             self.onnx = SiameseModel(path)
-            self.input_size = self.onnx.input_size
-            self.margin = self.onnx.contract.crop_margin
+            self.crop = self.onnx.contract.crop
             self.threshold = float(self.onnx.contract.raw.get("balanced_threshold", 0.5))
             self.door_threshold = self.onnx.contract.detection_threshold
         else:
             import keras
 
             import train.model  # noqa: F401 - registers custom layers
-            from train.model import parts
+            from accessd.align import CropSpec
+            from train.model import ARCHITECTURES, arch_of
 
             self.keras = keras.models.load_model(path, compile=False)
-            embed, _ = parts(self.keras)
-            self.input_size = int(embed.input_shape[1])
-            self.margin = 0.2
+            arch = ARCHITECTURES[arch_of(self.keras)]
+            self.crop = CropSpec(arch.input_size, arch.crop_margin, arch.alignment)
             state = path.with_name("state.json")
             val = json.loads(state.read_text()).get("validation", {}) if state.is_file() else {}
             # As export/to_onnx.py writes them: the most accurate threshold on held-out
@@ -79,15 +81,15 @@ class Scorer:
 
 
 
-def pair_crops(pairs: PairList, root: Path, size: int, margin: float, cache_dir: Path) -> dict[str, np.ndarray]:
-    from accessd.align import align_face, nearest_to_center
+def pair_crops(pairs: PairList, root: Path, spec: CropSpec, cache_dir: Path) -> dict[str, np.ndarray]:
+    from accessd.align import crop_face, nearest_to_center
     from accessd.detector import FaceDetector
     from accessd.imageio import read_image
     from accessd.types import Face
     from train.faces import prepare_faces
     from train.train import DEFAULT_DETECTOR
 
-    faces = prepare_faces(root, DEFAULT_DETECTOR, size, margin, cache_dir, only_people=pairs.people)
+    faces = prepare_faces(root, DEFAULT_DETECTOR, spec, cache_dir, only_people=pairs.people)
     crops = dict(zip(faces.paths, faces.crops, strict=True))
     missing = sorted({p for pair in pairs.pairs for p in (pair.a, pair.b)} - crops.keys())
     if missing:
@@ -97,7 +99,7 @@ def pair_crops(pairs: PairList, root: Path, size: int, margin: float, cache_dir:
                 image = read_image(root / rel)
                 h, w = image.shape[:2]
                 face = nearest_to_center(det.detect(image), w, h) or Face(w * 0.3, h * 0.3, w * 0.4, h * 0.4, 0.0)
-                crops[rel] = align_face(image, face, size, margin)
+                crops[rel] = crop_face(image, face, spec)
     return crops
 
 
@@ -199,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     pairs = load_pairs(args.pairs)
     scorer = Scorer(args.model)
-    crops = pair_crops(pairs, args.data, scorer.input_size, scorer.margin, args.cache_dir)
+    crops = pair_crops(pairs, args.data, scorer.crop, args.cache_dir)
     scores = score_pairs(scorer, pairs, crops)
     if args.dump_scores:
         np.save(args.dump_scores, scores)

@@ -2,7 +2,7 @@
 
 Uses the daemon's own detector and `accessd.align`, so the model trains on
 exactly the crops it will see at the door. The work is done once per
-(detector, crop size, margin) and kept in an .npz cache; a teacher's embeddings
+(detector, crop spec) and kept in an .npz cache; a teacher's embeddings
 (train-time only, see `train.teacher`) are computed in the same pass.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from accessd.align import align_face, nearest_to_center
+from accessd.align import CropSpec, crop_face, nearest_to_center
 from accessd.detector import FaceDetector
 from accessd.imageio import IMAGE_SUFFIXES, ImageError, read_image
 
@@ -74,8 +74,8 @@ def _init_worker(detector_model: str, min_confidence: float, teacher: bool) -> N
         _worker["teacher"] = DlibTeacher()
 
 
-def _process(job: tuple[str, str, int, float, bool]) -> tuple[str, np.ndarray | None, np.ndarray | None]:
-    root, rel, size, margin, want_teacher = job
+def _process(job: tuple[str, str, CropSpec, bool]) -> tuple[str, np.ndarray | None, np.ndarray | None]:
+    root, rel, spec, want_teacher = job
     detector = _worker["detector"]
     assert isinstance(detector, FaceDetector)
     try:
@@ -86,7 +86,7 @@ def _process(job: tuple[str, str, int, float, bool]) -> tuple[str, np.ndarray | 
     face = nearest_to_center(detector.detect(image), image.shape[1], image.shape[0])
     if face is None:
         return rel, None, None
-    crop = align_face(image, face, size, margin)
+    crop = crop_face(image, face, spec)
     emb = None
     if want_teacher:
         from train.teacher import DlibTeacher
@@ -101,8 +101,12 @@ def _digest(*parts: object) -> str:
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:12]
 
 
-def crops_cache_path(cache_dir: Path, root: Path, detector_model: Path, size: int, margin: float) -> Path:
-    return cache_dir / f"faces-{root.name}-{size}-{_digest(root.resolve(), detector_model.name, size, margin)}.npz"
+def crops_cache_path(cache_dir: Path, root: Path, detector_model: Path, spec: CropSpec) -> Path:
+    # A "box" spec keeps the digest it had before alignments had names, so old caches stay valid.
+    parts: tuple[object, ...] = (root.resolve(), detector_model.name, spec.size, spec.margin)
+    if spec.method != "box":
+        parts += (spec.method,)
+    return cache_dir / f"faces-{root.name}-{spec.size}-{_digest(*parts)}.npz"
 
 
 def teacher_cache_path(cache_dir: Path, root: Path, detector_model: Path) -> Path:
@@ -129,8 +133,7 @@ def _save(path: Path, entries: dict[str, np.ndarray], key: str) -> None:
 def prepare_faces(
     root: Path,
     detector_model: Path,
-    size: int,
-    margin: float,
+    spec: CropSpec,
     cache_dir: Path,
     teacher: bool = False,
     min_confidence: float = 0.5,
@@ -144,7 +147,7 @@ def prepare_faces(
     from tqdm import tqdm
 
     wanted = list_identity_photos(root, only_people)
-    crops_path = crops_cache_path(cache_dir, root, detector_model, size, margin)
+    crops_path = crops_cache_path(cache_dir, root, detector_model, spec)
     teacher_path = teacher_cache_path(cache_dir, root, detector_model)
     crops = _load(crops_path, "crops")
     embeddings = _load(teacher_path, "teacher") if teacher else {}
@@ -155,7 +158,7 @@ def prepare_faces(
     todo = [rel for rel in wanted if rel not in faceless and (rel not in crops or (teacher and rel not in embeddings))]
     if todo:
         log.info("detecting and aligning %d photos under %s", len(todo), root)
-        jobs = [(str(root), rel, size, margin, teacher and rel not in embeddings) for rel in todo]
+        jobs = [(str(root), rel, spec, teacher and rel not in embeddings) for rel in todo]
         ctx = mp.get_context("spawn")  # MediaPipe and TensorFlow do not survive fork
         with ctx.Pool(
             workers, initializer=_init_worker, initargs=(str(detector_model), min_confidence, teacher)
@@ -175,6 +178,6 @@ def prepare_faces(
     if missing:
         log.warning("%d photos had no detectable face and are left out (e.g. %s)", len(missing), missing[:3])
     keep = [rel for rel in wanted if rel in crops]
-    stacked = np.stack([crops[r] for r in keep]) if keep else np.zeros((0, size, size, 3), np.uint8)
+    stacked = np.stack([crops[r] for r in keep]) if keep else np.zeros((0, spec.size, spec.size, 3), np.uint8)
     teach = np.stack([embeddings[r] for r in keep]).astype(np.float32) if teacher and keep else None
     return FaceSet(crops=stacked, people=[r.split("/")[0] for r in keep], paths=keep, teacher=teach)

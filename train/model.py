@@ -21,7 +21,6 @@ from typing import Any
 import keras
 from keras import layers, ops
 
-
 # Pixel normalisation of the from-scratch models (written into the ONNX metadata).
 MEAN = (127.5, 127.5, 127.5)
 STD = (127.5, 127.5, 127.5)

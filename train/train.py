@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clipnorm", type=float, default=1.0)
     p.add_argument("--loss", choices=["bce", "contrastive"], default="bce")
     p.add_argument("--teacher", choices=["none", "dlib"], default="none",
-                   help="distil dlib's face descriptor (train-time only; needs requirements-teacher.txt)")
+                   help="distil dlib's face descriptor (train-time only; needs requirements-train.txt)")
     p.add_argument("--teacher-weight", type=float, default=1.0)
     p.add_argument("--hard-fraction", type=float, default=0.5, help="share of negatives drawn from mined hard ones")
     p.add_argument("--checkpoint-every", type=int, default=10)
@@ -59,6 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load_training_faces(args: argparse.Namespace) -> Any:
+    from accessd.align import CropSpec
     from train.data import check_disjoint
     from train.faces import prepare_faces
     from train.model import ARCHITECTURES
@@ -77,7 +78,7 @@ def load_training_faces(args: argparse.Namespace) -> Any:
         check_disjoint(people, eval_people, str(args.eval_pairs))
     arch = ARCHITECTURES[args.arch]
     faces = prepare_faces(
-        root, args.detector_model, arch.input_size, 0.2, args.cache_dir,
+        root, args.detector_model, CropSpec(arch.input_size, arch.crop_margin, arch.alignment), args.cache_dir,
         teacher=args.teacher == "dlib", workers=args.workers, only_people=people,
     )
     return relabel(faces) if seed else faces

@@ -1,0 +1,33 @@
+"""Per-attempt door evaluation on a small slice of unseen people, with the shipped model and config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tests.conftest import PROTOCOL, REPO, run_py
+
+
+def test_held_photo_frames_move_like_a_hand() -> None:
+    from train.door_eval import held_photo_frames
+
+    photo = np.full((250, 250, 3), 200, np.uint8)
+    frames = held_photo_frames(photo, 1.0, 10, np.random.default_rng(0))
+    assert len(frames) == 10 and frames[0].shape == (480, 640, 3)
+    assert not np.array_equal(frames[0], frames[-1])  # drifts; never a frozen still
+
+
+def test_door_eval_grants_enrolled_people_and_no_one_else(trained_model: Path) -> None:
+    result = run_py("-m", "train.door_eval", "--model", str(trained_model), "--people",
+                    str(PROTOCOL / "pairsDevTest.txt"), "--config", str(REPO / "config.yaml"),
+                    "--gallery-people", "4", "--probes", "2", "--strangers", "12", "--fps", "8",
+                    "--thresholds", "0.5", "--json")
+    report = json.loads(result.stdout)
+    assert report["enrolled_people"] == 4 and report["photos_each"] == 3
+    (default,) = [r for r in report["rows"] if abs(r["detection_threshold"] - report["default_threshold"]) < 1e-9]
+    assert default["genuine_attempts"] == 8 and default["stranger_attempts"] == 12
+    assert default["strangers_granted"] == 0 and default["granted_as_someone_else"] == 0
+    assert default["genuine_granted"] >= 7, default
+    assert default["seconds_to_grant_max"] <= 1.5
