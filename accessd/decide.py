@@ -6,9 +6,11 @@ per face: a (face, photo) pair matches when its score is above
 that match (`ratio`) is above `verification_threshold`, and only with
 `margin` over the runner-up, so a look-alike of two enrolled people is denied
 rather than confused. With one photo per person the ratio is 0 or 1 and that
-margin guards nothing, so a second guard compares the best pair score of the
-best and the runner-up person: closer than `score_margin` (in log-odds) and
-the face is refused as ambiguous.
+margin guards nothing, so a second guard compares scores: each person's
+`quorum` score is that of their k-th best photo, k the fewest matches that
+verify them (1 of 1, 2 of 3, 3 of 4), so a person is verified exactly when it
+is above `detection_threshold`. The best person's quorum must beat every other
+person's by `score_margin` in log-odds, or the face is refused as ambiguous.
 
 `DecisionMaker` turns per-frame results into events a door can act on: a grant
 needs the same person in K of the last N frames with a face; after a grant
@@ -23,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from accessd.config import DecisionConfig
 from accessd.gallery import Gallery
@@ -53,13 +56,12 @@ def score_faces(faces: list[Face], scores: Floats, gallery: Gallery, t: Threshol
             continue
         matched = np.bincount(gallery.person_of, weights=(row > t.detection), minlength=n_people)
         total = np.bincount(gallery.person_of, weights=row.astype(np.float64), minlength=n_people)
-        tops = np.full(n_people, -np.inf)
-        np.maximum.at(tops, gallery.person_of, row.astype(np.float64))
+        quorums = quorum_scores(row, gallery.person_of, photos, t.verification)
         ratios = matched / photos
         means = total / photos
         order = np.lexsort((-means, -ratios))
         people = tuple(
-            PersonScore(gallery.people[i], float(ratios[i]), float(means[i]), int(photos[i]), float(tops[i]))
+            PersonScore(gallery.people[i], float(ratios[i]), float(means[i]), int(photos[i]), float(quorums[i]))
             for i in order
         )
         best = people[0]
@@ -67,15 +69,26 @@ def score_faces(faces: list[Face], scores: Floats, gallery: Gallery, t: Threshol
         rival = None
         if verified and len(people) > 1:
             runner_up = people[1]
-            # The runner-up by best single photo, not by ratio: with one photo each,
-            # a look-alike whose score fell just under the threshold has ratio 0.
-            closest = max(people[1:], key=lambda p: p.top)
+            # The closest other person by quorum score, not by ratio: with one photo
+            # each, a look-alike whose score fell just under the threshold has ratio 0.
+            closest = max(people[1:], key=lambda p: p.quorum)
             if best.ratio - runner_up.ratio < t.margin:
                 verified, rival = False, runner_up.person
-            elif log_odds(best.top) - log_odds(closest.top) < t.score_margin:
+            elif log_odds(best.quorum) - log_odds(closest.quorum) < t.score_margin:
                 verified, rival = False, closest.person
         results.append(FaceResult(face, people, best.person if verified else None, rival))
     return results
+
+
+def quorum_scores(row: Floats, person_of: npt.NDArray[np.int64], photos: npt.NDArray[np.float64],
+                  verification: float) -> npt.NDArray[np.float64]:
+    """Per person, the score of their k-th best photo, k = the fewest matches with ratio > verification."""
+    n = photos.astype(np.int64)
+    k = np.minimum(np.floor(verification * n).astype(np.int64) + 1, n)
+    order = np.lexsort((-row, person_of))  # by person, best score first
+    starts = np.r_[0, np.cumsum(n)[:-1]]
+    picked: npt.NDArray[np.float64] = row[order][starts + np.maximum(k, 1) - 1].astype(np.float64)
+    return picked
 
 
 @dataclass(frozen=True)

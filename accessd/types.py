@@ -69,7 +69,10 @@ class PersonScore:
     ratio: float  # fraction of the person's photos whose score is above detection_threshold
     score: float  # mean pair score over the person's photos
     photos: int
-    top: float = 0.0  # highest pair score over the person's photos (the look-alike guard compares these)
+    # The pair score of the person's k-th best photo, k the fewest matches that verify
+    # them (1 of 1, 2 of 3): verified exactly when it is above detection_threshold.
+    # The look-alike guard compares these between people.
+    quorum: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,13 @@ def test_ambiguous_face_is_denied_with_both_names_in_the_reason() -> None:
     assert denied[0].reason == "ambiguous: close to both ann and bob"
 
 
+def test_quorum_is_the_score_of_the_kth_best_photo() -> None:
+    """With verification 0.5: 1 of 1, 2 of 3, 3 of 4 photos must match; quorum = that photo's score."""
+    g = gallery(["ann", "ann", "ann", "bob", "cy", "cy", "cy", "cy"])
+    (r,) = score_faces([FACE], np.array([[0.2, 0.9, 0.6, 0.4, 0.9, 0.8, 0.7, 0.1]], np.float32), g, T_RATIO)
+    assert {p.person: round(p.quorum, 3) for p in r.people} == {"ann": 0.6, "bob": 0.4, "cy": 0.7}
+
+
 def test_empty_gallery_verifies_no_one() -> None:
     (r,) = score_faces([FACE], np.zeros((1, 0), np.float32), Gallery.empty(4), T)
     assert r.candidate is None and r.best is None

@@ -66,3 +66,20 @@ def test_missing_and_truncated_files(tiny_model: Path, tmp_path: Path) -> None:
     cut.write_bytes(tiny_model.read_bytes()[:5000])
     with pytest.raises(ModelError, match="cut.onnx: ONNX Runtime cannot load it"):
         SiameseModel(cut)
+
+
+def test_shipped_default_is_dlibs_resnet_fine_tuned_with_landmark_chips(trained_model: Path) -> None:
+    c = SiameseModel(trained_model).contract
+    assert c.architecture == "resnet" and c.alignment == "landmarks" and c.input_size == (150, 150)
+    assert c.crop.method == "landmarks" and c.crop.margin == 0.25
+    assert trained_model.stat().st_size <= 25_000_000
+    # Chosen on held-out training people, never on pairsDevTest; the evaluation embedded is DevTest's.
+    assert c.raw["training"]["excluded_eval_people"] is True
+    assert c.raw["evaluation"]["pairs_file"] == "pairsDevTest.txt"
+
+
+def test_compact_model_stays_selectable_with_its_box_crops() -> None:
+    from tests.conftest import REPO
+
+    c = SiameseModel(REPO / "models/accessd-compact.onnx").contract
+    assert c.architecture == "compact" and c.alignment == "box" and c.crop.size == 64

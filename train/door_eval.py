@@ -11,7 +11,11 @@ on a real folder). Each attempt is one photo held before the camera for
 turning and changing size a little as a hand would hold it, with sensor noise.
 Every frame goes through `Pipeline.analyse` (MediaPipe, alignment, ONNX
 Runtime) and a fresh `DecisionMaker` (the configured confirm_frames of
-confirm_window, the look-alike guards). Genuine attempts are each enrolled
+confirm_window, the look-alike guards). Only the face nearest the held photo's
+centre is decided on: LFW's labelled person. Other faces in a photo are other
+real people (Hugh Grant's photo with Sandra Bullock beside him would otherwise
+count as a wrong grant when she is enrolled, though the door is right).
+`--draws` repeats the whole test with other enrolled people, pooled. Genuine attempts are each enrolled
 person's next `--probes` photos; stranger attempts are photos of the list's
 other people, one per person in turn, up to `--strangers`.
 
@@ -48,12 +52,16 @@ from train.pairs import load_pairs
 class Attempt:
     person: str | None  # the enrolled person it is, None for a stranger
     photo: str
-    frames: list[tuple[list[Face], Floats | None]]  # per frame: faces and their pair scores
+    frames: list[tuple[list[Face], Floats | None]]  # per frame: the labelled face and its pair scores
+    gallery: Gallery
 
 
 def held_photo_frames(photo: Image, seconds: float, fps: float, rng: np.random.Generator,
-                      width: int = 640, height: int = 480) -> list[Image]:
-    """A photo held before the camera: small drifts of position, scale and roll, and sensor noise."""
+                      width: int = 640, height: int = 480) -> list[tuple[Image, tuple[float, float]]]:
+    """A photo held before the camera: small drifts of position, scale and roll, and sensor noise.
+
+    Each frame comes with where the photo's centre is in it.
+    """
     n = max(1, round(seconds * fps))
     h, w = photo.shape[:2]
     start = np.array([rng.uniform(-60, 60), rng.uniform(-30, 30), rng.uniform(0.9, 1.4), rng.uniform(-6, 6)])
@@ -66,17 +74,17 @@ def held_photo_frames(photo: Image, seconds: float, fps: float, rng: np.random.G
         m[:, 2] += (width / 2 + dx - w / 2, height / 2 + dy - h / 2)
         frame = cv2.warpAffine(photo, m, (width, height), dst=background.copy(), borderMode=cv2.BORDER_TRANSPARENT)
         noisy = frame.astype(np.float32) + rng.normal(0, 3.0, frame.shape).astype(np.float32)
-        frames.append(np.clip(noisy, 0, 255).astype(np.uint8))
+        frames.append((np.clip(noisy, 0, 255).astype(np.uint8), (width / 2 + dx, height / 2 + dy)))
     return frames
 
 
-def decide_attempt(attempt: Attempt, gallery: Gallery, thresholds: Thresholds, pipeline: Pipeline,
+def decide_attempt(attempt: Attempt, thresholds: Thresholds, pipeline: Pipeline,
                    fps: float) -> tuple[str | None, float | None, str | None]:
     """(granted person, seconds to the grant, the first deny's reason) for one attempt."""
     dm = DecisionMaker(pipeline.config.decision, "door_eval")
     denied = None
     for i, (faces, scores) in enumerate(attempt.frames):
-        results = score_faces(faces, scores, gallery, thresholds) if scores is not None else []
+        results = score_faces(faces, scores, attempt.gallery, thresholds) if scores is not None else []
         decision = dm.update(i, i / fps, results)
         if decision is None:
             continue
@@ -84,6 +92,39 @@ def decide_attempt(attempt: Attempt, gallery: Gallery, thresholds: Thresholds, p
             return decision.person, (i + 1) / fps, denied
         denied = denied or decision.reason
     return None, None, denied
+
+
+def draw(pipeline: Pipeline, photos: dict[str, list[str]], args: argparse.Namespace,
+         rng: np.random.Generator) -> tuple[Gallery, list[tuple[str | None, str]]]:
+    """Enrol a random set of people through the daemon's enrolment code; plan their and strangers' attempts."""
+    eligible = [q for q in photos if len(photos[q]) > args.enrol]
+    enrolled = sorted(rng.choice(eligible, min(args.gallery_people, len(eligible)), replace=False).tolist())
+    with tempfile.TemporaryDirectory(prefix="door_eval_gallery_") as tmp:
+        for q in enrolled:
+            (Path(tmp) / q).mkdir()
+            for rel in photos[q][: args.enrol]:
+                shutil.copy(args.data / rel, Path(tmp) / rel)
+        gallery = pipeline.load_gallery(Path(tmp))
+    others = [q for q in photos if q not in enrolled]
+    order = rng.permutation(len(others))
+    strangers: list[str] = []
+    for round_ in range(max((len(photos[q]) for q in others), default=0)):
+        strangers += [photos[others[i]][round_] for i in order if round_ < len(photos[others[i]])]
+    plan: list[tuple[str | None, str]] = [
+        (q, rel) for q in gallery.people for rel in photos[q][args.enrol : args.enrol + args.probes]]
+    plan += [(None, rel) for rel in strangers[: args.strangers]]
+    return gallery, plan
+
+
+def labelled_face(pipeline: Pipeline, frame: Image, centre: tuple[float, float],
+                  gallery: Gallery) -> tuple[list[Face], Floats | None]:
+    """The frame through the daemon's pipeline, kept to the face nearest the held photo's centre."""
+    a = pipeline.analyse(frame, gallery)
+    if not a.faces or a.scores is None:
+        return [], None
+    i = min(range(len(a.faces)),
+            key=lambda j: (a.faces[j].center[0] - centre[0]) ** 2 + (a.faces[j].center[1] - centre[1]) ** 2)
+    return [a.faces[i]], a.scores[i : i + 1]
 
 
 def read_people(path: Path) -> list[str]:
@@ -102,6 +143,8 @@ def summarise(attempts: list[Attempt], outcomes: list[Outcome3]) -> dict[str, ob
     wrong = [f"{a.photo} as {o[0]}" for a, o in genuine if o[0] is not None and o[0] != a.person]
     let_in = [o[0] for o in strangers if o[0] is not None]
     ambiguous = sum(1 for o in outcomes if o[2] is not None and o[2].startswith("ambiguous"))
+    missed = [f"{a.photo}: {o[2] or 'no decision (face not found in enough frames)'}"
+              for a, o in genuine if o[0] is None]
     return {
         "genuine_attempts": len(genuine),
         "genuine_granted": len(right),
@@ -113,6 +156,7 @@ def summarise(attempts: list[Attempt], outcomes: list[Outcome3]) -> dict[str, ob
         "stranger_attempts": len(strangers),
         "strangers_granted": len(let_in),
         "ambiguous_denies": ambiguous,
+        "genuine_missed": missed,
     }
 
 
@@ -128,10 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gallery-people", type=int, default=20)
     p.add_argument("--strangers", type=int, default=250)
     p.add_argument("--seconds", type=float, default=1.5)
-    p.add_argument("--fps", type=float, default=15.0)
+    p.add_argument("--fps", type=float, default=10.0)
+    p.add_argument("--draws", type=int, default=1, help="repeat with this many random sets of enrolled people")
     p.add_argument("--thresholds", type=float, nargs="*", help="detection thresholds to sweep (default: a grid)")
     p.add_argument("--verifications", type=float, nargs="*",
                    help="verification thresholds to sweep (default: the configured one)")
+    p.add_argument("--score-margins", type=float, nargs="*",
+                   help="score margins to sweep (default: the configured one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -143,45 +190,33 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     people = read_people(args.people)
     photos = {q: sorted(f"{q}/{f.name}" for f in (args.data / q).glob("*.jpg")) for q in people}
-    eligible = [q for q in people if len(photos[q]) > args.enrol]
-    enrolled = sorted(rng.choice(eligible, min(args.gallery_people, len(eligible)), replace=False).tolist())
-    with tempfile.TemporaryDirectory(prefix="door_eval_gallery_") as tmp:
-        for q in enrolled:
-            (Path(tmp) / q).mkdir()
-            for rel in photos[q][: args.enrol]:
-                shutil.copy(args.data / rel, Path(tmp) / rel)
-        gallery = pipeline.load_gallery(Path(tmp))
-    others = [q for q in people if q not in enrolled]
-    order = rng.permutation(len(others))
-    strangers: list[str] = []
-    for round_ in range(max((len(photos[q]) for q in others), default=0)):
-        strangers += [photos[others[i]][round_] for i in order if round_ < len(photos[others[i]])]
-    plan = [(q, rel) for q in enrolled for rel in photos[q][args.enrol : args.enrol + args.probes]]
-    plan += [(None, rel) for rel in strangers[: args.strangers]]
-
-    attempts = []
-    for k, (who, rel) in enumerate(plan):
-        frames = held_photo_frames(read_image(args.data / rel), args.seconds, args.fps, np.random.default_rng(k))
-        analysed = []
-        for frame in frames:
-            a = pipeline.analyse(frame, gallery)
-            analysed.append((a.faces, a.scores))
-        attempts.append(Attempt(who, rel, analysed))
+    attempts: list[Attempt] = []
+    galleries = []
+    for _ in range(args.draws):
+        gallery, plan = draw(pipeline, photos, args, rng)
+        galleries.append(gallery)
+        for who, rel in plan:
+            frames = held_photo_frames(read_image(args.data / rel), args.seconds, args.fps,
+                                       np.random.default_rng(len(attempts)))
+            attempts.append(Attempt(who, rel, [labelled_face(pipeline, f, c, gallery) for f, c in frames], gallery))
 
     d = config.decision
+    enrolled = sum(len(g.people) for g in galleries)
     default_t = pipeline.thresholds.detection
     grid = args.thresholds or [round(t, 2) for t in np.arange(0.30, 0.96, 0.05)]
     rows = []
     for v in args.verifications or [d.verification_threshold]:
-        for t in sorted({*grid, round(default_t, 4)}):
-            th = Thresholds(float(t), v, d.margin, d.score_margin)
-            outcomes = [decide_attempt(a, gallery, th, pipeline, args.fps) for a in attempts]
-            rows.append({"detection_threshold": float(t), "verification_threshold": v,
-                         **summarise(attempts, outcomes)})
+        for sm in args.score_margins or [d.score_margin]:
+            for t in sorted({*grid, round(default_t, 4)}):
+                th = Thresholds(float(t), v, d.margin, sm)
+                outcomes = [decide_attempt(a, th, pipeline, args.fps) for a in attempts]
+                rows.append({"detection_threshold": float(t), "verification_threshold": v, "score_margin": sm,
+                             **summarise(attempts, outcomes)})
     pipeline.close()
     report = {
-        "model": str(args.model), "people_from": str(args.people), "enrolled_people": len(enrolled),
-        "enrolled_photos": len(gallery.photos), "photos_each": args.enrol, "seconds": args.seconds, "fps": args.fps,
+        "model": str(args.model), "people_from": str(args.people), "enrolled_people": enrolled,
+        "enrolled_photos": sum(len(g.photos) for g in galleries), "draws": args.draws, "photos_each": args.enrol,
+        "seconds": args.seconds, "fps": args.fps,
         "confirm": f"{d.confirm_frames} of {d.confirm_window}", "verification_threshold": d.verification_threshold,
         "margin": d.margin, "score_margin": d.score_margin, "default_threshold": default_t, "rows": rows,
     }
@@ -189,18 +224,21 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report))
         return 0
     g = rows[0]["genuine_attempts"]
-    print(f"{len(enrolled)} people never trained on, enrolled with {args.enrol} photos each ({len(gallery.photos)} "
-          f"in use); {g} genuine and {rows[0]['stranger_attempts']} stranger attempts, each a photo held "
+    print(f"{enrolled} people never trained on in {args.draws} draw(s), enrolled with {args.enrol} photos each "
+          f"({report['enrolled_photos']} in use); {g} genuine and {rows[0]['stranger_attempts']} stranger "
+          f"attempts, each a photo held "
           f"{args.seconds} s at {args.fps:g} frames/s; confirm {d.confirm_frames} of {d.confirm_window}, "
           f"score_margin {d.score_margin}; model threshold {default_t:.3f}")
-    print("verif  threshold  genuine granted  median s  max s  granted as someone else  strangers granted  ambiguous")
+    print("verif  margin  threshold  genuine granted  median s  max s  granted as someone else  strangers granted"
+          "  ambiguous")
     for r in rows:
         default = (abs(r["detection_threshold"] - default_t) < 1e-9
-                   and r["verification_threshold"] == d.verification_threshold)
+                   and r["verification_threshold"] == d.verification_threshold
+                   and r["score_margin"] == d.score_margin)
         mark = " *" if default else ""
         med = r["seconds_to_grant_median"]
         mx = r["seconds_to_grant_max"]
-        print(f"{r['verification_threshold']:5.2f}  {r['detection_threshold']:9.3f}  "
+        print(f"{r['verification_threshold']:5.2f}  {r['score_margin']:6.2f}  {r['detection_threshold']:9.3f}  "
               f"{r['genuine_granted']:4d}/{g} {r['genuine_granted_rate']:6.1%}  "
               f"{med if med is not None else float('nan'):8.2f}  {mx if mx is not None else float('nan'):5.2f}  "
               f"{r['granted_as_someone_else']:23d}  {r['strangers_granted']:8d}/{r['stranger_attempts']}"

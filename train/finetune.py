@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--revalidate", action="store_true",
+                   help="only measure the kept checkpoint again on the held-out people (after a serving change)")
     p.add_argument("--detector-model", type=Path,
                    default=Path("models/detector/face_detection_full_range_sparse.tflite"))
     p.add_argument("--cache-dir", type=Path, default=Path("cache"))
@@ -80,6 +82,22 @@ def split_at(embed: Any, cut: str) -> tuple[Any, Any]:
 
     cut_out = embed.get_layer(cut).output
     return keras.Model(embed.input, cut_out, name="bottom"), keras.Model(cut_out, embed.output, name="top")
+
+
+def served(embed: Any, crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    """Embeddings as the daemon computes them (with the mirror-image average where the architecture has it)."""
+    from train.data import normalise
+
+    return served_from(embed, [normalise(c, "resnet") for c in (crops, crops[:, :, ::-1])])
+
+
+def served_from(model: Any, inputs: list[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
+    """`inputs` are the photos and their mirror images, as the model takes them."""
+    from train.model import ARCHITECTURES
+
+    if not ARCHITECTURES["resnet"].test_time_flip:
+        return predict(model, inputs[0])
+    return (predict(model, inputs[0]) + predict(model, inputs[1])) / 2.0
 
 
 def predict(model: Any, x: npt.NDArray[np.float32], batch: int = 128) -> npt.NDArray[np.float32]:
@@ -210,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     ns = argparse.Namespace(**vars(args), arch="resnet", teacher="none")
     faces = load_training_faces(ns)
     state_path = args.out / "state.json"
-    state: dict[str, Any] = json.loads(state_path.read_text()) if args.resume and state_path.is_file() else {}
+    resuming = (args.resume or args.revalidate) and state_path.is_file()
+    state: dict[str, Any] = json.loads(state_path.read_text()) if resuming else {}
     train_faces, val_faces = split_validation(faces, 0.05, args.seed, state.get("validation_people"))
     if val_faces is None:
         raise SystemExit("too few people with two photos to hold some out")
@@ -220,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("training on %d photos of %d people; validating on %d photos of %d other people",
              len(train_faces), len(set(train_faces.people)), len(val_faces), len(set(val_faces.people)))
 
-    last = args.out / ("last.keras" if state.get("top_epochs") else "checkpoint.keras")
+    last = args.out / ("last.keras" if state.get("top_epochs") and not args.revalidate else "checkpoint.keras")
     model = keras.models.load_model(last if state else args.init, compile=False)
     embed, head = parts(model)
     state.setdefault("arch", "resnet")
@@ -230,9 +249,15 @@ def main(argv: list[str] | None = None) -> int:
                   "excluded_eval_people": bool(args.exclude_eval_people),
                   "train_photos": len(train_faces), "train_people": len(set(train_faces.people))})
 
+    if args.revalidate:
+        state["validation"] = evaluate(served(embed, val_faces.crops), y_val, head)
+        state["best"] = {**state.get("best", {}), **state["validation"]}
+        (args.out / "state.json").write_text(json.dumps(state, indent=2))
+        log.info("kept checkpoint measured again: %s", json.dumps(state["validation"]))
+        return 0
     bottom, top = split_at(embed, cut_layer(args.train_stages))
     t0 = time.monotonic()
-    x_val = predict(embed, normalise(val_faces.crops, "resnet"))
+    x_val = served(embed, val_faces.crops)
     if "imported" not in state:
         state["imported"] = evaluate(x_val, y_val, head)
         log.info("imported (dlib's twin and distance rule): %s", json.dumps(state["imported"]))
@@ -262,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
              cut_layer(args.train_stages), len(train_faces))
     feats = np.stack([predict(bottom, normalise(train_faces.crops, "resnet")),
                       predict(bottom, normalise(train_faces.crops[:, :, ::-1], "resnet"))])
-    val_feats = predict(bottom, normalise(val_faces.crops, "resnet"))
+    val_feats = [predict(bottom, normalise(c, "resnet")) for c in (val_faces.crops, val_faces.crops[:, :, ::-1])]
     for layer in embed.layers:
         layer.trainable = False
     for layer in top.layers:
@@ -287,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs, y, flip = pairs[order], y[order], flip[order]
         ds = tf.data.Dataset.from_tensor_slices(((feats[flip[:, 0], pairs[:, 0]], feats[flip[:, 1], pairs[:, 1]]), y))
         fit = pair_model.fit(ds.batch(args.batch_size), epochs=1, verbose=2)
-        val = evaluate(predict(top, val_feats), y_val, head)
+        val = evaluate(served_from(top, val_feats), y_val, head)
         record = {"epoch": epoch + 1, "seconds": round(time.monotonic() - t0, 1),
                   "loss": float(fit.history["loss"][-1]), **val}
         log.info("stage top epoch %d: %s", epoch + 1, json.dumps(record))

@@ -48,7 +48,7 @@ class Architecture:
 ARCHITECTURES = {
     "koch": Architecture("koch", 100, 4096),
     "compact": Architecture("compact", 64, 128),
-    "resnet": Architecture("resnet", 150, 128, DLIB_MEAN, DLIB_STD, "landmarks", 0.25, test_time_flip=False),
+    "resnet": Architecture("resnet", 150, 128, DLIB_MEAN, DLIB_STD, "landmarks", 0.25),
 }
 
 # Moving statistics settle within a few hundred steps (Keras' 0.99 needs

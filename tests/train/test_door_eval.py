@@ -15,8 +15,10 @@ def test_held_photo_frames_move_like_a_hand() -> None:
 
     photo = np.full((250, 250, 3), 200, np.uint8)
     frames = held_photo_frames(photo, 1.0, 10, np.random.default_rng(0))
-    assert len(frames) == 10 and frames[0].shape == (480, 640, 3)
-    assert not np.array_equal(frames[0], frames[-1])  # drifts; never a frozen still
+    assert len(frames) == 10 and frames[0][0].shape == (480, 640, 3)
+    assert not np.array_equal(frames[0][0], frames[-1][0])  # drifts; never a frozen still
+    (x0, y0), (x1, y1) = frames[0][1], frames[-1][1]
+    assert 200 < x0 < 440 and 180 < y0 < 300 and (x0, y0) != (x1, y1)
 
 
 def test_door_eval_grants_enrolled_people_and_no_one_else(trained_model: Path) -> None:
