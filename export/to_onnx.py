@@ -155,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", type=Path)
     parser.add_argument("--report", type=Path, help="evaluation JSON (train.evaluate --json) to embed")
     parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--detection-threshold", type=float,
+                        help="the door's default pair threshold, as chosen per attempt by train.door_eval on "
+                             "held-out people (default: the run's own suggestion)")
+    parser.add_argument("--verification-threshold", type=float, default=0.5,
+                        help="the verification threshold that detection threshold was chosen with")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import keras
@@ -167,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     report = json.loads(args.report.read_text()) if args.report else None
     proto = to_onnx(model, args.opset)
     meta = contract(model, weights_sha256(model), state, report)
+    if args.detection_threshold is not None:
+        meta["suggested_by_training"] = meta["detection_threshold"]
+        meta["detection_threshold"] = args.detection_threshold
+    meta["verification_threshold"] = args.verification_threshold
     entry = proto.metadata_props.add()
     entry.key, entry.value = CONTRACT_KEY, json.dumps(meta, sort_keys=True)
     proto.producer_name = "accessd export/to_onnx.py"

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -141,7 +142,8 @@ def summarise(attempts: list[Attempt], outcomes: list[Outcome3]) -> dict[str, ob
     strangers = [o for a, o in zip(attempts, outcomes, strict=True) if a.person is None]
     right = [o[1] for a, o in genuine if o[0] == a.person and o[1] is not None]
     wrong = [f"{a.photo} as {o[0]}" for a, o in genuine if o[0] is not None and o[0] != a.person]
-    let_in = [o[0] for o in strangers if o[0] is not None]
+    let_in = [f"{a.photo} as {o[0]}" for a, o in zip(attempts, outcomes, strict=True)
+              if a.person is None and o[0] is not None]
     ambiguous = sum(1 for o in outcomes if o[2] is not None and o[2].startswith("ambiguous"))
     missed = [f"{a.photo}: {o[2] or 'no decision (face not found in enough frames)'}"
               for a, o in genuine if o[0] is None]
@@ -155,6 +157,7 @@ def summarise(attempts: list[Attempt], outcomes: list[Outcome3]) -> dict[str, ob
         "wrong_person_examples": wrong[:5],
         "stranger_attempts": len(strangers),
         "strangers_granted": len(let_in),
+        "stranger_examples": let_in[:10],
         "ambiguous_denies": ambiguous,
         "genuine_missed": missed,
     }
@@ -180,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--score-margins", type=float, nargs="*",
                    help="score margins to sweep (default: the configured one)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--analysis-cache", type=Path,
+                   help="keep the analysed frames here (pickle), so another sweep of thresholds skips the pipeline")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -191,8 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     people = read_people(args.people)
     photos = {q: sorted(f"{q}/{f.name}" for f in (args.data / q).glob("*.jpg")) for q in people}
     attempts: list[Attempt] = []
-    galleries = []
-    for _ in range(args.draws):
+    galleries: list[Gallery] = []
+    if args.analysis_cache and args.analysis_cache.is_file():
+        with args.analysis_cache.open("rb") as fh:
+            attempts, galleries = pickle.load(fh)  # our own file, written below
+    for _ in range(args.draws if not attempts else 0):
         gallery, plan = draw(pipeline, photos, args, rng)
         galleries.append(gallery)
         for who, rel in plan:
@@ -200,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
                                        np.random.default_rng(len(attempts)))
             attempts.append(Attempt(who, rel, [labelled_face(pipeline, f, c, gallery) for f, c in frames], gallery))
 
+    if args.analysis_cache and not args.analysis_cache.is_file():
+        with args.analysis_cache.open("wb") as fh:
+            pickle.dump((attempts, galleries), fh)
     d = config.decision
     enrolled = sum(len(g.people) for g in galleries)
     default_t = pipeline.thresholds.detection
