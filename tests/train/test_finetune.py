@@ -57,6 +57,6 @@ def test_export_carries_the_landmark_contract_and_the_held_out_threshold(resnet_
     state = json.loads((resnet_run / "run/state.json").read_text())
     assert contract["architecture"] == "resnet" and contract["alignment"] == "landmarks"
     assert contract["input_size"] == [150, 150] and contract["crop_margin"] == 0.25
-    assert contract["test_time_flip"] is False and contract["std"] == [256.0, 256.0, 256.0]
+    assert contract["test_time_flip"] is True and contract["std"] == [256.0, 256.0, 256.0]
     assert contract["detection_threshold"] == pytest.approx(state["validation"]["door_threshold"])
     assert out.stat().st_size <= 25_000_000
