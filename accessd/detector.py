@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
+from typing import Any
 
 import numpy as np
 
@@ -15,6 +17,30 @@ log = logging.getLogger(__name__)
 
 class DetectorError(RuntimeError):
     pass
+
+
+def import_mediapipe_tasks() -> tuple[ModuleType, Any, ModuleType]:
+    """`mediapipe`, its vision tasks and base options, without TensorFlow.
+
+    MediaPipe imports TensorFlow whenever it is installed, for two optional
+    conveniences it falls back from when the import fails (file access in its
+    metadata module, doc decorators). TensorFlow alone is about 600 MB and
+    seconds of start-up, which a door process does not need. So TensorFlow is
+    made unimportable while MediaPipe is imported, then importable again: a
+    training process that wants it later still gets it, and one that already
+    loaded it is left alone.
+    """
+    hide = "tensorflow" not in sys.modules
+    if hide:
+        sys.modules["tensorflow"] = None  # type: ignore[assignment]  # `import tensorflow` -> ModuleNotFoundError
+    try:
+        import mediapipe as mp
+        from mediapipe.tasks.python import vision
+        from mediapipe.tasks.python.core import base_options
+    finally:
+        if hide and sys.modules.get("tensorflow", ...) is None:
+            del sys.modules["tensorflow"]
+    return mp, vision, base_options
 
 
 class FaceDetector:
@@ -30,10 +56,9 @@ class FaceDetector:
             raise DetectorError(
                 f"detector model {model_path} not found; run `python -m accessd.provision`"
             )
-        # Imported here: mediapipe pulls in TensorFlow, seconds of start-up that
-        # the config checker and unit tests of other stages should not pay.
-        from mediapipe.tasks.python import vision
-        from mediapipe.tasks.python.core import base_options
+        # Imported here, not at module level: no work at import time, and the config
+        # checker and unit tests of other stages do not pay MediaPipe's start-up.
+        self._mp, vision, base_options = import_mediapipe_tasks()
 
         options = vision.FaceDetectorOptions(
             base_options=base_options.BaseOptions(model_asset_path=str(model_path)),
@@ -48,7 +73,7 @@ class FaceDetector:
         log.info("face detector %s (min_confidence=%s)", model_path.name, min_confidence)
 
     def detect(self, image: Image) -> list[Face]:
-        import mediapipe as mp
+        mp = self._mp
 
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise DetectorError(f"expected an HxWx3 uint8 RGB image, got {image.shape} {image.dtype}")

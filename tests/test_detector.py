@@ -62,3 +62,49 @@ def test_short_range_misses_small_faces_at_720p_where_full_range_finds_them() ->
         with FaceDetector(model_path(DETECTORS, name), 0.6) as det:
             found[name] = sum(1 for f in frames if det.detect(f))
     assert found["full_range"] >= 9 and found["short_range"] <= 5, found
+
+
+def test_the_daemon_process_never_loads_tensorflow(tmp_path: Path) -> None:
+    """TensorFlow is installed beside the daemon (training needs it); the door must not load it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO, SHARED, TRAINED_MODEL
+    from tests.test_daemon import write_config
+
+    cfg = write_config(tmp_path / "config.yaml", TRAINED_MODEL,
+                       source={"uri": "rtsp://127.0.0.1:9/none", "reconnect_max_s": 1.0},
+                       gallery={"dir": str(tmp_path / "empty")}, audit={"path": str(tmp_path / "a.jsonl")})
+    env = {**os.environ, "ACCESSD_SHARED": str(SHARED)}
+    proc = subprocess.Popen([sys.executable, "-m", "accessd", "run", "--config", str(cfg)], cwd=REPO,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        maps = ""
+        deadline = time.monotonic() + 60
+        # Ready once the detector and the model are loaded: both their libraries are mapped.
+        while time.monotonic() < deadline and not ("onnxruntime" in maps and "mediapipe" in maps):
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            time.sleep(0.5)
+            maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        time.sleep(2)  # a few loop iterations with the camera down
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert "mediapipe" in maps and "onnxruntime" in maps, "the test must see the real detector and model loaded"
+    assert "tensorflow" not in maps.lower(), [line for line in maps.splitlines() if "tensorflow" in line.lower()][:3]
+
+
+def test_tensorflow_stays_importable_after_the_detector(tmp_path: Path) -> None:
+    """Training builds detectors and then imports TensorFlow in the same process."""
+    from tests.conftest import run_py
+
+    code = ("from pathlib import Path; from accessd.detector import FaceDetector; import sys; "
+            "d = FaceDetector(Path('models/detector/face_detection_full_range_sparse.tflite')); "
+            "assert 'tensorflow' not in sys.modules; import tensorflow as tf; print(tf.__version__)")
+    result = run_py("-c", code)
+    assert result.stdout.strip()
