@@ -92,7 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    _setup_logging(args.log_level or config.log_level)
+    if args.command != "check-config":
+        from accessd.nativelog import route_native_stderr
+
+        route_native_stderr()  # before any native library loads, and before logging binds to sys.stderr
+    # `verify` is a one-shot command whose answer is its JSON: only problems on stderr.
+    default_level = "WARNING" if args.command == "verify" and config.log_level == "INFO" else config.log_level
+    _setup_logging(args.log_level or default_level)
     if args.command == "check-config":
         print(f"{args.config}: ok")
         return 0
