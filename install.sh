@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Install accessd from scratch: a venv in .venv, the dependencies, the package
 # itself (the `accessd` command) and the MediaPipe detector models.
+#   ./install.sh          everything: the door, training, tests (development, CI)
+#   ./install.sh --door   the door alone: no TensorFlow, no test tools
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
+DOOR_ONLY=
+[ "${1:-}" = "--door" ] && DOOR_ONLY=1
 # The tests start real servers and windows: a mosquitto broker (MQTT), Xvfb and
 # xdotool (the capture window). They are Debian packages, installed when we can
 # (root with apt-get); elsewhere those tests are skipped with a reason.
 # ACCESSD_NO_APT=1 skips this step.
-if [ -z "${ACCESSD_NO_APT:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+if [ -z "$DOOR_ONLY" ] && [ -z "${ACCESSD_NO_APT:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     missing=$(for p in mosquitto xvfb xauth xdotool; do
         [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || echo "$p"
     done | xargs)
@@ -22,7 +26,11 @@ if [ -z "${ACCESSD_NO_APT:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/de
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -r requirements-dev.txt -r requirements-train.txt
+if [ -n "$DOOR_ONLY" ]; then
+    .venv/bin/python -m pip install --quiet -r requirements.txt
+else
+    .venv/bin/python -m pip install --quiet -r requirements-dev.txt -r requirements-train.txt
+fi
 .venv/bin/python -m pip install --quiet --no-deps -e .
 .venv/bin/python -m accessd.provision --dest models/detector
 echo "installed: .venv/bin/accessd"
