@@ -255,6 +255,8 @@ def _build(cls: Any, data: Any, prefix: str, problems: list[str], base: Path) ->
                 value = base / value
         if key in _UNIT_INTERVAL and isinstance(value, float) and not 0.0 <= value <= 1.0:
             problems.append(f"{key}: must be between 0 and 1 (got {value!r})")
+        if key == "decision.score_margin" and isinstance(value, float) and value < 0:
+            problems.append(f"{key}: must not be negative (got {value!r})")
         kwargs[f.name] = value
     obj = cls(**kwargs)
     _check_ranges(obj, prefix, problems)
