@@ -36,6 +36,7 @@ def test_relative_paths_resolve_against_config_folder(tmp_path: Path) -> None:
         ("nonsense_key: 1\n", "nonsense_key: unknown key"),
         ("decision:\n  verification_threshold: 1.5\n", "decision.verification_threshold: must be between 0 and 1 (got 1.5)"),
         ("decision:\n  detection_threshold: -0.1\n", "decision.detection_threshold: must be between 0 and 1"),
+        ("decision:\n  score_margin: -1.0\n", "decision.score_margin: must not be negative (got -1.0)"),
         ("decision:\n  confirm_frames: three\n", "decision.confirm_frames: must be an integer (got 'three')"),
         ("decision:\n  confirm_frames: 4\n  confirm_window: 2\n", "decision.confirm_window: must be at least confirm_frames"),
         ("detector:\n  model: long_range\n", "detector.model: must be one of full_range, short_range"),
