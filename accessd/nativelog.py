@@ -12,6 +12,7 @@ lines, tracebacks) keeps writing to the original stderr.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import logging
 import os
 import re
@@ -34,6 +35,15 @@ def route_native_stderr() -> None:
     read, write = os.pipe()
     os.dup2(write, 2)
     os.close(write)
+    # Native code writes to fd 2 while holding the GIL, and this reader needs the GIL
+    # to drain the pipe: a full pipe would block the writer, and the whole process,
+    # for good. So the pipe is large and its write end never blocks: a flood loses
+    # lines instead of hanging the door.
+    try:
+        fcntl.fcntl(2, fcntl.F_SETPIPE_SZ, 1 << 20)
+    except OSError:
+        pass  # above /proc/sys/fs/pipe-max-size: the default 64 KB, still non-blocking
+    fcntl.fcntl(2, fcntl.F_SETFL, fcntl.fcntl(2, fcntl.F_GETFL) | os.O_NONBLOCK)
     thread = threading.Thread(target=_pump, args=(read,), name="native-stderr", daemon=True)
     thread.start()
     _state.update(real=real, thread=thread)

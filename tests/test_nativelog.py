@@ -32,3 +32,19 @@ def test_native_chatter_is_debug_and_native_errors_reach_the_log() -> None:
     assert "ERROR accessd.native: E0000 00:00 1 graph.cc:9] it broke" in result.stderr
     assert "just saying" not in result.stderr
     assert only_own_lines(result.stderr) == [], result.stderr
+
+
+def test_a_native_flood_while_holding_the_gil_cannot_hang_the_process() -> None:
+    """4 MB written to fd 2 by C code that holds the GIL (as pybind11 code does): the reader
+    thread cannot run, so a blocking pipe would hang the door for good (it did, in CI)."""
+    code = ("import ctypes, logging\n"
+            "from accessd.nativelog import route_native_stderr\n"
+            "route_native_stderr()\n"
+            "logging.basicConfig(level=logging.INFO)\n"
+            "libc = ctypes.PyDLL(None)\n"
+            "line = b'W0000 flood ' + b'x' * 200 + b'\\n'\n"
+            "for _ in range(20000):\n"
+            "    libc.write(2, line, len(line))\n"
+            "print('survived')\n")
+    result = run_py("-c", code, timeout=60)
+    assert result.stdout.strip() == "survived"
