@@ -92,10 +92,6 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.command != "check-config":
-        from accessd.nativelog import route_native_stderr
-
-        route_native_stderr()  # before any native library loads, and before logging binds to sys.stderr
     # `verify` is a one-shot command whose answer is its JSON: only problems on stderr.
     default_level = "WARNING" if args.command == "verify" and config.log_level == "INFO" else config.log_level
     _setup_logging(args.log_level or default_level)
