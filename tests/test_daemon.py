@@ -119,13 +119,18 @@ def test_corrupt_and_faceless_photos_are_skipped_by_name(tmp_path: Path, trained
     assert "corrupt.jpg" in result.stderr and "wall.png: no face found" in result.stderr
 
 
-def test_camera_that_never_opens_keeps_running_until_sigterm(tmp_path: Path, trained_model: Path) -> None:
-    cfg = write_config(tmp_path / "config.yaml", trained_model,
+def start_without_camera(tmp_path: Path, model: Path) -> subprocess.Popen[str]:
+    """`accessd run` as a real process, with a camera that never opens and an empty gallery."""
+    cfg = write_config(tmp_path / "config.yaml", model,
                        source={"uri": "rtsp://127.0.0.1:9/none", "reconnect_max_s": 1.0},
                        gallery={"dir": str(tmp_path / "empty")}, audit={"path": str(tmp_path / "a.jsonl")})
     env = {**os.environ, "ACCESSD_SHARED": str(SHARED)}
-    proc = subprocess.Popen([sys.executable, "-m", "accessd", "run", "--config", str(cfg)], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "accessd", "run", "--config", str(cfg)], cwd=REPO,
                             stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_camera_that_never_opens_keeps_running_until_sigterm(tmp_path: Path, trained_model: Path) -> None:
+    proc = start_without_camera(tmp_path, trained_model)
     try:
         time.sleep(12)
         assert proc.poll() is None, "daemon exited while the camera was down"

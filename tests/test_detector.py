@@ -66,21 +66,13 @@ def test_short_range_misses_small_faces_at_720p_where_full_range_finds_them() ->
 
 def test_the_daemon_process_never_loads_tensorflow(tmp_path: Path) -> None:
     """TensorFlow is installed beside the daemon (training needs it); the door must not load it."""
-    import os
     import signal
-    import subprocess
-    import sys
     import time
 
-    from tests.conftest import REPO, SHARED, TRAINED_MODEL
-    from tests.test_daemon import write_config
+    from tests.conftest import TRAINED_MODEL
+    from tests.test_daemon import start_without_camera
 
-    cfg = write_config(tmp_path / "config.yaml", TRAINED_MODEL,
-                       source={"uri": "rtsp://127.0.0.1:9/none", "reconnect_max_s": 1.0},
-                       gallery={"dir": str(tmp_path / "empty")}, audit={"path": str(tmp_path / "a.jsonl")})
-    env = {**os.environ, "ACCESSD_SHARED": str(SHARED)}
-    proc = subprocess.Popen([sys.executable, "-m", "accessd", "run", "--config", str(cfg)], cwd=REPO,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = start_without_camera(tmp_path, TRAINED_MODEL)
     try:
         maps = ""
         deadline = time.monotonic() + 60
