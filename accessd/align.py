@@ -103,9 +103,9 @@ def _warp(image: npt.NDArray[np.uint8], matrix: npt.NDArray[np.float64], size: i
         x0, y0 = (max(0, math.floor(v) - 2) for v in corners.min(axis=0))
         x1, y1 = min(w, math.ceil(corners[:, 0].max()) + 2), min(h, math.ceil(corners[:, 1].max()) + 2)
         if x1 > x0 and y1 > y0:
-            r = scale  # the ROI at the chip's scale: the warp that remains is ~1:1
+            # The ROI at the chip's scale: the warp that remains is ~1:1.
             roi = image[y0:y1, x0:x1]
-            small = cv2.resize(roi, (max(1, round((x1 - x0) * r)), max(1, round((y1 - y0) * r))),
+            small = cv2.resize(roi, (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale))),
                                interpolation=cv2.INTER_AREA)
             rx, ry = small.shape[1] / (x1 - x0), small.shape[0] / (y1 - y0)
             a = matrix[:, :2]

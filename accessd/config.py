@@ -83,8 +83,8 @@ class DecisionConfig:
     verification_threshold: float = 0.34
     # The best person's ratio must beat the runner-up's by this much (look-alikes are denied).
     margin: float = 0.2
-    # ... and their best pair score the runner-up's by this much, in log-odds: with
-    # one photo per person the ratio is 0 or 1, and only this tells a look-alike.
+    # ... and their quorum score (k-th best photo) everyone else's by this much, in
+    # log-odds: with one photo per person the ratio is 0 or 1, and only this tells a look-alike.
     score_margin: float = 0.5
     confirm_frames: int = 3  # K: frames that must agree ...
     confirm_window: int = 5  # ... among the last N frames with a face

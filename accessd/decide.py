@@ -37,7 +37,7 @@ class Thresholds:
     detection: float
     verification: float
     margin: float
-    score_margin: float  # log-odds between the best and the runner-up person's best pair scores
+    score_margin: float  # log-odds the best person's quorum score must beat every other person's by
 
 
 def log_odds(score: float) -> float:
