@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.conftest import PROTOCOL, REPO, run_py
 
@@ -33,3 +34,18 @@ def test_door_eval_grants_enrolled_people_and_no_one_else(trained_model: Path) -
     assert default["strangers_granted"] == 0 and default["granted_as_someone_else"] == 0
     assert default["genuine_granted"] >= 6, default  # 91 % of DevTest attempts at the defaults
     assert default["seconds_to_grant_max"] <= 1.5
+
+
+def test_door_ceiling_counts_genuine_above_the_worst_impostors() -> None:
+    from train.door_ceiling import ceilings, person_scores
+
+    # Two people with 3 photos each; one attempt. Person 0's photos: one weak; person 1's: one strong look-alike.
+    pair = np.array([[0.9, 0.8, 0.1, 0.95, 0.2, 0.1]])
+    template = np.array([[0.7, 0.3]])
+    rules = person_scores(pair, template, np.array([0, 0, 0, 1, 1, 1]), 2, k=2)
+    assert rules["quorum"][0, 0] == pytest.approx(np.log(0.8 / 0.2))  # the 2nd best of person 0's photos
+    assert rules["quorum"][0, 1] == pytest.approx(np.log(0.2 / 0.8))  # one look-alike photo is not a quorum
+    assert rules["mean"][0, 0] == pytest.approx(np.log(0.6 / 0.4))
+    assert rules["template"][0, 1] == pytest.approx(np.log(0.3 / 0.7))
+    c = ceilings(np.array([3.0, 2.0, 0.5, -1.0]), np.array([1.0, 0.0, -2.0]), at=(0, 1, 2))
+    assert c == {"tar_at_0_false": 0.5, "tar_at_1_false": 0.75, "tar_at_2_false": 1.0}
