@@ -92,8 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    # `verify` is a one-shot command whose answer is its JSON: only problems on stderr.
-    default_level = "WARNING" if args.command == "verify" and config.log_level == "INFO" else config.log_level
+    from accessd.nativelog import separate_python_stderr
+
+    separate_python_stderr()  # before logging binds to sys.stderr: native chatter is captured apart from our lines
+    # `verify` is a one-shot command whose answer is its JSON: only what stops it on stderr
+    # (a CPU fallback on a machine without CUDA is a warning for the door, not for this answer).
+    default_level = "ERROR" if args.command == "verify" and config.log_level == "INFO" else config.log_level
     _setup_logging(args.log_level or default_level)
     if args.command == "check-config":
         print(f"{args.config}: ok")

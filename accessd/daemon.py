@@ -53,8 +53,14 @@ def install_signal_handlers(stop: threading.Event, reload: threading.Event | Non
     """SIGTERM/SIGINT set the one stop event; SIGHUP asks the loop to reload config and gallery."""
 
     def handle(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s; stopping after the current frame", signal.Signals(signum).name)
         stop.set()
+        # Not logged here: the handler runs between two bytecodes of the main thread,
+        # which may be halfway through writing a log line to the same stream; writing
+        # again re-enters it (RuntimeError), which once lost the stop itself. Another
+        # thread waits for the handler's lock instead.
+        name = signal.Signals(signum).name
+        threading.Thread(target=log.info, args=("received %s; stopping after the current frame", name),
+                         name="signal-log", daemon=True).start()
 
     def handle_hup(_signum: int, _frame: FrameType | None) -> None:
         if reload is not None:

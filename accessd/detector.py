@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from accessd.nativelog import quiet_native
 from accessd.types import Face, Image
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ class FaceDetector:
             )
         # Imported here, not at module level: no work at import time, and the config
         # checker and unit tests of other stages do not pay MediaPipe's start-up.
-        self._mp, vision, base_options = import_mediapipe_tasks()
+        with quiet_native("mediapipe"):
+            self._mp, vision, base_options = import_mediapipe_tasks()
 
         options = vision.FaceDetectorOptions(
             base_options=base_options.BaseOptions(model_asset_path=str(model_path)),
@@ -66,10 +68,12 @@ class FaceDetector:
             min_detection_confidence=min_confidence,
         )
         try:
-            self._detector = vision.FaceDetector.create_from_options(options)
+            with quiet_native("mediapipe"):  # LiteRT's start-up notices, 60 lines per detector
+                self._detector = vision.FaceDetector.create_from_options(options)
         except (RuntimeError, ValueError) as exc:
             raise DetectorError(f"cannot load detector model {model_path}: {exc}") from exc
         self.model_path = model_path
+        self._first = True  # the first frame prints a one-off notice (input memory alignment)
         log.info("face detector %s (min_confidence=%s)", model_path.name, min_confidence)
 
     def detect(self, image: Image) -> list[Face]:
@@ -78,7 +82,12 @@ class FaceDetector:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise DetectorError(f"expected an HxWx3 uint8 RGB image, got {image.shape} {image.dtype}")
         mp_image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
-        result = self._detector.detect(mp_image)
+        if self._first:
+            with quiet_native("mediapipe"):
+                result = self._detector.detect(mp_image)
+            self._first = False
+        else:
+            result = self._detector.detect(mp_image)
         h, w = image.shape[:2]
         faces = []
         for det in result.detections:
@@ -98,7 +107,8 @@ class FaceDetector:
         return faces
 
     def close(self) -> None:
-        self._detector.close()
+        with quiet_native("mediapipe"):
+            self._detector.close()
 
     def __enter__(self) -> FaceDetector:
         return self

@@ -102,8 +102,12 @@ def test_enrolled_person_granted_and_stranger_denied(tmp_path: Path, trained_mod
     assert all(Path(str(r["snapshot"])).is_file() for r in records)
     assert f"stopped after {n} frames" in result.stderr
     assert "decision=grant person=" + PERSON in result.stderr
-    # CUDA's absence is one warning of ours, not ONNX Runtime's red loader errors.
+    # CUDA's absence is one warning of ours, not ONNX Runtime's red loader errors, and
+    # MediaPipe's native notices go through our logging at DEBUG: stderr is ours alone.
     assert "[E:onnxruntime" not in result.stderr
+    from tests.test_nativelog import only_own_lines
+
+    assert only_own_lines(result.stderr) == [], only_own_lines(result.stderr)[:5]
 
 
 def test_corrupt_and_faceless_photos_are_skipped_by_name(tmp_path: Path, trained_model: Path) -> None:

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import REPO, SHARED, without_root_bypass
+from tests.conftest import REPO, SHARED, run_py, without_root_bypass
 from tests.test_daemon import PERSON, STRANGER, enrol, photos, write_config, write_video
 
 ENV = {**os.environ, "ACCESSD_SHARED": str(SHARED)}
@@ -128,3 +128,37 @@ def test_camera_that_drops_and_returns_keeps_deciding(tmp_path: Path, trained_mo
     assert records and all(r["decision"] == "deny" for r in records), records
     # Denies keep coming across the drops, not only from the first connection.
     assert len(records) >= 4, records
+
+
+_MID_LINE = """
+import io, logging, os, signal, threading
+from accessd.daemon import install_signal_handlers
+
+class Raw(io.RawIOBase):
+    def writable(self): return True
+    def write(self, b):
+        if b"trigger" in bytes(b):
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs at the next bytecode, mid-write
+            sum(range(1000))
+        os.write(1, bytes(b))
+        return len(b)
+
+stream = io.TextIOWrapper(io.BufferedWriter(Raw()), line_buffering=True)
+logging.basicConfig(level=logging.INFO, stream=stream, format="%(message)s")
+stop = threading.Event()
+install_signal_handlers(stop)
+logging.getLogger("accessd.gallery").warning("trigger: a long gallery warning")
+os.write(1, b"stopped\\n" if stop.wait(5) else b"lost\\n")
+for t in threading.enumerate():
+    if t.name == "signal-log":
+        t.join(5)
+"""
+
+
+def test_sigterm_arriving_while_a_log_line_is_written_still_stops() -> None:
+    """The handler once logged before setting the stop: mid-line, that re-entered the stream and lost the stop."""
+    result = run_py("-c", _MID_LINE, timeout=60)
+    lines = result.stdout.splitlines()
+    assert "stopped" in lines, result.stdout + result.stderr
+    assert "reentrant" not in result.stderr and "Logging error" not in result.stderr
+    assert "received SIGTERM; stopping after the current frame" in lines  # still said, from another thread
