@@ -9,11 +9,11 @@ PYTHON=${PYTHON:-python3}
 DOOR_ONLY=
 [ "${1:-}" = "--door" ] && DOOR_ONLY=1
 # The tests start real servers and windows: a mosquitto broker (MQTT), Xvfb and
-# xdotool (the capture window). They are Debian packages, installed when we can
+# xdotool (the capture window), headless chromium and its driver (the console). They are Debian packages, installed when we can
 # (root with apt-get); elsewhere those tests are skipped with a reason.
 # ACCESSD_NO_APT=1 skips this step.
 if [ -z "$DOOR_ONLY" ] && [ -z "${ACCESSD_NO_APT:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    missing=$(for p in mosquitto xvfb xauth xdotool; do
+    missing=$(for p in mosquitto xvfb xauth xdotool chromium chromium-driver; do
         [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || echo "$p"
     done | xargs)
     if [ -n "$missing" ]; then
@@ -21,7 +21,7 @@ if [ -z "$DOOR_ONLY" ] && [ -z "${ACCESSD_NO_APT:-}" ] && [ "$(id -u)" = 0 ] && 
         # Not fatal: without them the daemon works and those tests skip, saying why.
         { apt-get update -qq &&
           DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null; } ||
-            echo "warning: could not install $missing; the MQTT and capture-window tests will be skipped" >&2
+            echo "warning: could not install $missing; the MQTT, capture-window and browser tests will be skipped" >&2
     fi
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv

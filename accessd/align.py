@@ -157,3 +157,17 @@ def nearest_to_center(faces: list[Face], width: int, height: int) -> Face | None
 def largest(faces: list[Face]) -> Face | None:
     """The largest face: at a door, the person nearest the camera."""
     return max(faces, key=lambda f: f.area) if faces else None
+
+
+def context_crop(image: Image, face: Face, scale: float = 2.0) -> Image:
+    """The face with its surroundings (a box `scale` times the face's, clipped to the frame).
+
+    For snapshots a person reviews, and may enrol from: the model's tight chip
+    is too tight for the detector to find the face in again.
+    """
+    h, w = image.shape[:2]
+    cx, cy = face.x + face.width / 2, face.y + face.height / 2
+    half = max(face.width, face.height) * scale / 2
+    x0, y0 = max(0, int(cx - half)), max(0, int(cy - half))
+    x1, y1 = min(w, int(cx + half)), min(h, int(cy + half))
+    return image[y0:y1, x0:x1].copy() if x1 > x0 and y1 > y0 else image.copy()

@@ -92,7 +92,13 @@ class AuditLog:
         return str(path)
 
     def append(self, decision: Decision) -> dict[str, object]:
-        record = {"ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), **decision.to_record()}
+        # A decision with a snapshot is named by it: the console fetches and enrols by this id.
+        snapshot_id = Path(decision.snapshot).stem if decision.snapshot else None
+        return self.append_record({"id": snapshot_id, **decision.to_record()})
+
+    def append_record(self, fields: dict[str, object]) -> dict[str, object]:
+        """Append one record (timestamped here), fsynced; AuditError when it cannot be."""
+        record = {"ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), **fields}
         line = (json.dumps(record, sort_keys=False) + "\n").encode()
         with self._lock:
             try:

@@ -145,6 +145,19 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The console: a local web page and JSON API served by the daemon (accessd/console.py)."""
+
+    host: str = "127.0.0.1"  # loopback: reach it through an SSH tunnel or a reverse proxy
+    port: int = 8080  # 0 disables the console
+    # Name of a file in $CREDENTIALS_DIRECTORY holding the console password. Without
+    # one the console does not start (the door keeps working): nothing is served unauthenticated.
+    password_credential: str | None = None
+    session_hours: float = 12.0  # a browser login lasts this long
+    max_upload_bytes: int = 10_000_000  # larger uploads are refused with 413
+
+
+@dataclass(frozen=True)
 class MqttConfig:
     host: str = ""  # broker host name; empty disables MQTT
     port: int = 1883  # 8883 is the usual port with tls
@@ -172,6 +185,7 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     state_dir: Path = Path("state")  # caches (gallery embeddings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -288,6 +302,13 @@ def _check_ranges(obj: Any, prefix: str, problems: list[str]) -> None:
                             f"(rtsp://user@host/...; got {obj.uri!r})")
     if isinstance(obj, MqttConfig):
         _check_mqtt(obj, key, problems)
+    if isinstance(obj, WebConfig):
+        if isinstance(obj.port, int) and not 0 <= obj.port < 65536:
+            problems.append(f"{key('port')}: must be a TCP port, 0-65535 (got {obj.port!r})")
+        if isinstance(obj.max_upload_bytes, int) and obj.max_upload_bytes < 1:
+            problems.append(f"{key('max_upload_bytes')}: must be at least 1 (got {obj.max_upload_bytes!r})")
+        if isinstance(obj.session_hours, float) and obj.session_hours <= 0:
+            problems.append(f"{key('session_hours')}: must be positive (got {obj.session_hours!r})")
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if (

@@ -15,12 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from types import FrameType
+from typing import Any
 
 from accessd.actions import Actions
+from accessd.align import context_crop
 from accessd.audit import AuditError, AuditLog
 from accessd.background import Worker
 from accessd.config import Config, ConfigError
 from accessd.decide import DecisionMaker
+from accessd.doorview import DoorView
 from accessd.gallery import Gallery, LoadCancelled
 from accessd.metrics import Metrics
 from accessd.mqtt import MqttPublisher, open_mqtt
@@ -31,6 +34,7 @@ from accessd.reload import close as close_parts
 from accessd.source import FrameSource, open_source
 from accessd.types import Decision, Frame, Image, Outcome
 from accessd.watch import GalleryWatcher
+from accessd.webconsole import start_console
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +107,15 @@ class Daemon:
         self.stats = Stats()
         self.metrics = Metrics()
         self.metrics.provider.info({"provider": self.pipeline.model.provider})
+        self.view = DoorView()  # what the console reads; the loop only swaps references in it
+        self.console: Any = None
+        self._decider: DecisionMaker | None = None
         self._gallery_metrics()
 
     def _gallery_metrics(self) -> None:
         self.metrics.gallery_photos.set(len(self.gallery))
         self.metrics.gallery_people.set(len(self.gallery.people))
+        self.view.gallery = self.gallery
 
     def run(self, stop: threading.Event, max_frames: int = 0, source: FrameSource | None = None) -> int:
         if source is None:
@@ -125,6 +133,9 @@ class Daemon:
             except OSError as exc:
                 log.error("metrics.port %d on %s: %s; running without metrics",
                           self.config.metrics.port, self.config.metrics.host, exc.strerror or exc)
+        self.console = start_console(self)
+        self._decider = decider
+        self._update_view(source)
         self.notifier.ready(self._status(source))
         try:
             while not stop.is_set():
@@ -137,7 +148,7 @@ class Daemon:
                     self._start_reload()
                 self._maybe_reload_gallery()
                 if self._apply_finished():
-                    decider = DecisionMaker(self.config.decision, source.name)
+                    decider = self._decider = DecisionMaker(self.config.decision, source.name)
                 t0 = time.perf_counter()
                 frame = source.read(timeout=0.5)
                 if frame is None:
@@ -148,6 +159,9 @@ class Daemon:
                 self._process(frame, decider, source)
         finally:
             self.notifier.stopping()
+            self.view.closing.set()
+            if self.console is not None:
+                self.console.close()
             self._cancel.set()  # a gallery being built stops at its next photo
             self.worker.close()
             self.metrics.close()
@@ -170,6 +184,7 @@ class Daemon:
             decider.update(frame.index, frame.ts, [])
             return
         self.stats.faces += len(analysis.faces)
+        self.view.publish(frame.image, analysis.results)
         for stage, seconds in analysis.seconds.items():
             self.metrics.stage_seconds.labels(stage).observe(seconds)
         t0 = time.perf_counter()
@@ -177,13 +192,14 @@ class Daemon:
         self.metrics.stage_seconds.labels("decide").observe(time.perf_counter() - t0)
         if decision is None:
             return
-        # Snapshot the face the decision is about: the granted person's, else the largest.
-        crop = analysis.crops[0] if analysis.crops else None
-        for c, r in zip(analysis.crops, analysis.results, strict=True):
+        # Snapshot the face the decision is about (the granted person's, else the first),
+        # with its surroundings: a reviewer sees more, and it can be enrolled from.
+        face = analysis.faces[0] if analysis.faces else None
+        for f, r in zip(analysis.faces, analysis.results, strict=True):
             if decision.person is not None and r.candidate == decision.person:
-                crop = c
+                face = f
                 break
-        self._act(decision, crop)
+        self._act(decision, context_crop(frame.image, face, scale=4.0) if face is not None else None)
 
     def _act(self, decision: Decision, crop: Image | None) -> None:
         snapshot = self.audit.snapshot(decision, crop)
@@ -218,11 +234,23 @@ class Daemon:
         if now >= self._next_status:
             self._next_status = now + STATUS_EVERY_S
             self.notifier.status(self._status(source))
+            self._update_view(source)
             self.metrics.fps.set(self.stats.fps())
             self.metrics.hook_failures.set(self.actions.failures)
             self.metrics.camera_reconnects.set(getattr(source, "reconnects", 0))
             if self.mqtt is not None:
                 self.metrics.mqtt_connected.set(self.mqtt.connected.is_set())
+
+    def _update_view(self, source: FrameSource) -> None:
+        locked = self._decider.lockout_left() if self._decider else 0.0
+        self.view.status = {
+            "camera": "up" if getattr(source, "connected", True) else "reconnecting", "source": source.name,
+            "fps": round(self.stats.fps(), 1), "frames": self.stats.frames, "errors": self.stats.errors,
+            "decisions": dict(self.stats.decisions), "provider": self.pipeline.model.provider,
+            "model": self.pipeline.model.path.name, "architecture": self.pipeline.model.contract.architecture,
+            "gallery_photos": len(self.gallery), "gallery_people": len(self.gallery.people),
+            "lockout_s_left": round(locked, 1),
+        }
 
     def _parts(self) -> Parts:
         return Parts(self.config, self.pipeline, self.gallery, self.audit, self.actions, self.mqtt)

@@ -107,9 +107,15 @@ class DecisionMaker:
         self._denies: deque[float] = deque()
         self._locked_until = float("-inf")
         self._verified: deque[tuple[float, str, Face]] = deque()  # for the liveness check
+        self._last_ts = float("-inf")
+
+    def lockout_left(self) -> float:
+        """Seconds of lockout left at the last frame seen (0 when none), for the console's status."""
+        return max(0.0, self._locked_until - self._last_ts)
 
     def update(self, frame: int, ts: float, results: list[FaceResult]) -> Decision | None:
         """Feed one frame's face results; return a decision when one is due."""
+        self._last_ts = ts
         picked = self._pick(results)
         self._history.append(picked)
         if self.config.liveness_check:

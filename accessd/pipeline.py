@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from accessd.align import crop_face
+from accessd.align import crop_face, largest
 from accessd.config import Config
 from accessd.decide import Thresholds, score_faces
 from accessd.detector import FaceDetector
-from accessd.gallery import EmbeddingCache, Gallery, cache_key, load_gallery
+from accessd.gallery import EmbeddingCache, Gallery, cache_key, load_gallery, single_face
 from accessd.model import SiameseModel
 from accessd.provision import model_path
 from accessd.types import Face, FaceResult, Floats, Image
@@ -49,6 +49,8 @@ class Pipeline:
         # MediaPipe graphs are not documented as safe for concurrent calls, and galleries
         # are rebuilt on a worker thread while frames are analysed: one detector each.
         self._enrol_detector: FaceDetector | None = None
+        self._side_detector: FaceDetector | None = None  # the console's verify, one call at a time
+        self._side_lock = threading.Lock()
         self._cache = EmbeddingCache(
             config.state_dir,
             cache_key(self.model.sha256, self.detector.model_path.name, config.detector.min_confidence),
@@ -90,7 +92,34 @@ class Pipeline:
         results = score_faces(faces, scores, gallery, self.thresholds)
         return FrameAnalysis(faces, crops, results, {"detect": t1 - t0, "embed": time.perf_counter() - t1}, scores)
 
+    def enrolment_problem(self, image: Image) -> str | None:
+        """Why a photo could not be enrolled (no face, several), or None; off the frame loop."""
+        with self._side_lock:
+            if self._side_detector is None:
+                self._side_detector = FaceDetector(self.detector.model_path, self.config.detector.min_confidence)
+            found = single_face(self._side_detector.detect(image))
+        return found if isinstance(found, str) else None
+
+    def compare(self, a: Image, b: Image) -> float:
+        """The pair score of two photos' largest faces, off the frame loop (its own detector).
+
+        Raises ValueError naming the photo ("a" or "b") that shows no face.
+        """
+        with self._side_lock:
+            if self._side_detector is None:
+                self._side_detector = FaceDetector(self.detector.model_path, self.config.detector.min_confidence)
+            crops = []
+            for name, image in (("a", a), ("b", b)):
+                face = largest(self._side_detector.detect(image))
+                if face is None:
+                    raise ValueError(f"photo {name}: no face found")
+                crops.append(self.crop(image, face))
+        return self.model.score_pair(crops[0], crops[1])
+
     def close(self) -> None:
         self.detector.close()
         if self._enrol_detector is not None:
             self._enrol_detector.close()
+        with self._side_lock:
+            if self._side_detector is not None:
+                self._side_detector.close()

@@ -1,0 +1,365 @@
+"""The console's web app (Flask): the page and its JSON API. Flask types never leave this module.
+
+Authentication comes first: every route but the login form needs either a
+session cookie from a password login (HttpOnly, SameSite=Strict, expiring) or
+`Authorization: Bearer <password>`. State-changing requests made with the
+cookie also need the session's CSRF token in `X-CSRF-Token` and, when the
+browser sends one, an `Origin` matching the host: a page on another site can
+neither read nor forge them. Bearer requests carry no ambient credential, so
+they need neither. Failed logins are limited per client address. The
+password is never logged.
+
+The app only reads the door's state (`DoorView`, the audit log, the gallery
+snapshot) and asks for changes through `Enrolment`, which writes the gallery
+folder the daemon already watches.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import json
+import logging
+import secrets
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, abort, jsonify, redirect, request, send_file, session
+
+from accessd.config import WebConfig
+from accessd.doorview import DoorView, draw
+from accessd.enrolment import Enrolment, EnrolmentError, check_name
+from accessd.imageio import ImageError
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+LOGIN_FAILURES = 5  # per client address ...
+LOGIN_WINDOW_S = 60.0  # ... within this long, then 429 until the window passes
+
+
+@dataclass
+class Backend:
+    view: DoorView
+    enrolment: Enrolment
+    audit_path: Path
+    snapshots_dir: Path | None
+    verify: Callable[[bytes, bytes], dict[str, Any]]
+    settings: Callable[[], dict[str, Any]]
+
+
+class _Limiter:
+    def __init__(self) -> None:
+        self._fails: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def blocked(self, client: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            q = self._fails[client]
+            while q and q[0] < now - LOGIN_WINDOW_S:
+                q.popleft()
+            return len(q) >= LOGIN_FAILURES
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            self._fails[client].append(time.monotonic())
+
+
+def create_app(backend: Backend, password: str, web: WebConfig) -> Flask:
+    app = Flask(__name__, static_folder=None)
+    app.config.update(
+        SECRET_KEY=secrets.token_bytes(32),  # per process: a restart logs everyone out
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_NAME="accessd_session",
+        PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=web.session_hours),
+        MAX_CONTENT_LENGTH=web.max_upload_bytes * 2 + 65536,  # two photos for /api/verify, plus form overhead
+    )
+    limiter = _Limiter()
+    expected = password.encode()
+
+    def client() -> str:
+        return str(request.remote_addr or "?")
+
+    def bearer_ok() -> bool:
+        header = request.headers.get("Authorization", "")
+        return header.startswith("Bearer ") and hmac.compare_digest(header[7:].encode(), expected)
+
+    def session_ok() -> bool:
+        return bool(session.get("auth")) and float(session.get("exp", 0)) > time.time()
+
+    @app.before_request
+    def authenticate() -> Response | None:
+        if request.endpoint in ("login_form", "login", "login_css"):
+            return None
+        if bearer_ok():
+            return None
+        if not session_ok():
+            if request.path.startswith("/api/"):
+                return _error("authentication required: log in, or send Authorization: Bearer", 401)
+            return redirect("/login")  # type: ignore[return-value]
+        if request.method not in ("GET", "HEAD"):
+            origin = request.headers.get("Origin")
+            if origin is not None and origin != request.host_url.rstrip("/"):
+                return _error("cross-site request refused (Origin)", 403)
+            token = request.headers.get("X-CSRF-Token", "")
+            if not hmac.compare_digest(token.encode(), str(session.get("csrf", "")).encode()):
+                return _error("missing or wrong X-CSRF-Token", 403)
+        return None
+
+    @app.after_request
+    def headers(resp: Response) -> Response:
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["X-Frame-Options"] = "DENY"
+        # Not no-referrer: with it, browsers send "Origin: null" on form posts, which the check refuses.
+        resp.headers["Referrer-Policy"] = "same-origin"
+        resp.headers["Content-Security-Policy"] = (
+            "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'")
+        resp.headers.setdefault("Cache-Control", "no-store")
+        return resp
+
+    @app.get("/login")
+    def login_form() -> Response:
+        return send_file(STATIC / "login.html")
+
+    @app.get("/login.css")
+    def login_css() -> Response:
+        return send_file(STATIC / "login.css")
+
+    @app.post("/login")
+    def login() -> Response:
+        who = client()
+        if limiter.blocked(who):
+            log.warning("console: login refused for %s: too many failures", who)
+            return _error(f"too many failed logins; wait {LOGIN_WINDOW_S:.0f} s", 429)
+        origin = request.headers.get("Origin")
+        if origin is not None and origin != request.host_url.rstrip("/"):
+            return _error("cross-site login refused (Origin)", 403)
+        given = str(request.form.get("password", "")).encode()
+        if not hmac.compare_digest(given, expected):
+            limiter.failed(who)
+            log.warning("console: failed login from %s", who)
+            return _error("wrong password", 401)
+        session.clear()
+        session.permanent = True
+        session.update(auth=True, exp=time.time() + web.session_hours * 3600, csrf=secrets.token_urlsafe(32))
+        log.info("console: login from %s", who)
+        return redirect("/")  # type: ignore[return-value]
+
+    @app.post("/logout")
+    def logout() -> Response:
+        session.clear()
+        return jsonify(ok=True)
+
+    @app.get("/")
+    def page() -> Response:
+        return send_file(STATIC / "console.html")
+
+    @app.get("/static/<name>")
+    def static_file(name: str) -> Response:
+        if name not in ("console.js", "console.css"):
+            abort(404)
+        return send_file(STATIC / name)
+
+    @app.get("/api/session")
+    def session_info() -> Response:
+        return jsonify(csrf=session.get("csrf"))
+
+    @app.get("/api/status")
+    def status() -> Response:
+        return jsonify(backend.view.status)
+
+    @app.get("/api/people")
+    def people() -> Response:
+        return jsonify(people=_people(backend))
+
+    @app.post("/api/people/<person>/photos")
+    def add_photo(person: str) -> tuple[Response, int]:
+        upload = request.files.get("file")
+        if upload is None:
+            return _error("multipart field 'file' is missing", 400), 400
+        data = upload.read(web.max_upload_bytes + 1)
+        if len(data) > web.max_upload_bytes:
+            return _error(f"photo larger than web.max_upload_bytes ({web.max_upload_bytes})", 413), 413
+        try:
+            name = backend.enrolment.add_photo(person, upload.filename or "photo.jpg", data, client())
+        except EnrolmentError as exc:
+            return _error(str(exc), exc.status), exc.status
+        except ImageError as exc:
+            return _error(str(exc), 422), 422
+        return jsonify(person=person, photo=name, status="pending"), 201
+
+    @app.delete("/api/people/<person>/photos/<photo>")
+    def delete_photo(person: str, photo: str) -> Response:
+        try:
+            backend.enrolment.delete_photo(person, photo, client())
+        except EnrolmentError as exc:
+            return _error(str(exc), exc.status)
+        return jsonify(ok=True)
+
+    @app.delete("/api/people/<person>")
+    def delete_person(person: str) -> Response:
+        try:
+            backend.enrolment.delete_person(person, client())
+        except EnrolmentError as exc:
+            return _error(str(exc), exc.status)
+        return jsonify(ok=True)
+
+    @app.get("/api/people/<person>/photos/<photo>")
+    def photo_file(person: str, photo: str) -> Response:
+        try:
+            return send_file(backend.enrolment.photo_path(person, photo))
+        except EnrolmentError as exc:
+            return _error(str(exc), exc.status)
+
+    @app.get("/api/decisions")
+    def decisions() -> Response:
+        try:
+            limit = max(1, min(int(request.args.get("limit", "50")), 500))
+            offset = max(0, int(request.args.get("offset", "0")))
+        except ValueError:
+            return _error("limit and offset must be integers", 400)
+        outcome = request.args.get("outcome") or None
+        person = request.args.get("person") or None
+        since = request.args.get("since") or None
+        rows = [r for r in _read_audit(backend.audit_path)
+                if "decision" in r
+                and (outcome is None or r.get("decision") == outcome)
+                and (person is None or person in (r.get("person"), r.get("closest")))
+                and (since is None or str(r.get("ts", "")) >= since)]
+        rows.reverse()  # newest first
+        return jsonify(total=len(rows), decisions=rows[offset: offset + limit])
+
+    @app.get("/api/snapshots/<snapshot_id>")
+    def snapshot(snapshot_id: str) -> Response:
+        path = _snapshot_path(backend, snapshot_id)
+        return send_file(path, mimetype="image/jpeg") if path else _error("no such snapshot", 404)
+
+    @app.post("/api/decisions/<snapshot_id>/enrol")
+    def enrol_snapshot(snapshot_id: str) -> tuple[Response, int]:
+        path = _snapshot_path(backend, snapshot_id)
+        if path is None:
+            return _error("no such snapshot", 404), 404
+        body = request.get_json(silent=True) or {}
+        person = body.get("person") if isinstance(body, dict) else None
+        try:
+            name = backend.enrolment.add_photo(str(person or ""), f"{snapshot_id}.jpg", path.read_bytes(), client())
+        except EnrolmentError as exc:
+            return _error(str(exc), exc.status), exc.status
+        except ImageError as exc:
+            return _error(str(exc), 422), 422
+        return jsonify(person=person, photo=name, status="pending"), 201
+
+    @app.post("/api/verify")
+    def verify() -> Response:
+        files = [request.files.get(k) for k in ("a", "b")]
+        if any(f is None for f in files):
+            return _error("multipart fields 'a' and 'b' are both needed", 400)
+        data = [f.read(web.max_upload_bytes + 1) for f in files if f is not None]
+        if any(len(d) > web.max_upload_bytes for d in data):
+            return _error(f"photo larger than web.max_upload_bytes ({web.max_upload_bytes})", 413)
+        try:
+            return jsonify(backend.verify(data[0], data[1]))
+        except ImageError as exc:
+            return _error(str(exc), 422)
+
+    @app.get("/api/settings")
+    def settings() -> Response:
+        return jsonify(settings=backend.settings(), recent=backend.view.recent_scores())
+
+    @app.get("/api/live.jpg")
+    def live_jpg() -> Response:
+        live = backend.view.live()
+        if live is None:
+            return _error("no frame yet", 503)
+        resp = Response(draw(live), mimetype="image/jpeg")
+        resp.headers["X-Frame-Seq"] = str(live.seq)
+        return resp
+
+    @app.get("/api/live.mjpeg")
+    def live_mjpeg() -> Response:
+        def frames() -> Iterator[bytes]:
+            seq = -1
+            deadline = time.monotonic() + 600  # a stream lasts ten minutes; the page reconnects
+            while time.monotonic() < deadline and not backend.view.closing.is_set():
+                live = backend.view.wait_newer(seq, timeout=1.0)
+                if live is None or live.seq == seq:
+                    continue
+                seq = live.seq
+                jpeg = draw(live)
+                yield b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n" % (len(jpeg), jpeg)
+                time.sleep(0.1)  # at most 10 frames/s to a viewer
+        return Response(frames(), mimetype="multipart/x-mixed-replace; boundary=frame")
+
+    @app.errorhandler(413)
+    def too_large(_exc: Exception) -> Response:
+        return _error(f"request larger than allowed (web.max_upload_bytes {web.max_upload_bytes})", 413)
+
+    return app
+
+
+def _error(message: str, status: int) -> Response:
+    resp = jsonify(error=message)
+    resp.status_code = status
+    return resp
+
+
+def _people(backend: Backend) -> list[dict[str, Any]]:
+    """Each person's photos on disk, with the status the live gallery gives them."""
+    gallery = backend.view.gallery
+    in_use = {str(p.path.resolve()) for p in gallery.photos} if gallery else set()
+    skipped = {str(s.path.resolve()): s.reason for s in gallery.skipped} if gallery else {}
+    root = backend.enrolment.root
+    out: list[dict[str, Any]] = []
+    if not root.is_dir():
+        return out
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        photos = []
+        for f in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+            key = str(f.resolve())
+            if key in in_use:
+                state, reason = "in use", None
+            elif key in skipped:
+                reason = skipped[key]
+                state = ("no face" if "no face" in reason else "several faces" if "faces found" in reason
+                         else "unreadable")
+            else:
+                state, reason = "pending", None
+            photos.append({"photo": f.name, "status": state, "reason": reason})
+        out.append({"person": folder.name, "photos": photos,
+                    "in_use": sum(1 for p in photos if p["status"] == "in use")})
+    return out
+
+
+def _snapshot_path(backend: Backend, snapshot_id: str) -> Path | None:
+    if backend.snapshots_dir is None:
+        return None
+    try:
+        check_name(snapshot_id, "snapshot")
+    except EnrolmentError:
+        return None
+    path = backend.snapshots_dir / f"{snapshot_id}.jpg"
+    return path if path.is_file() and not path.is_symlink() else None
+
+
+def _read_audit(path: Path) -> list[dict[str, Any]]:
+    """The current audit file's records, oldest first (rotated files are not read)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line being written right now
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows

@@ -1,0 +1,76 @@
+"""Wiring the console to a running daemon: credential, backend, server. Off unless configured.
+
+Flask and waitress are imported only when the console starts, so a door
+without a console password pays nothing for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from accessd.config import ConfigError, read_credential
+from accessd.imageio import decode_image
+
+if TYPE_CHECKING:
+    from accessd.daemon import Daemon
+    from accessd.webserver import WebServer
+
+log = logging.getLogger(__name__)
+
+
+def start_console(daemon: Daemon) -> WebServer | None:
+    web = daemon.config.web
+    if not web.port:
+        return None
+    if not web.password_credential:
+        log.warning("console off: it needs a password. Put one in a file, name it in web.password_credential "
+                    "and pass it with systemd LoadCredential= (a file in $CREDENTIALS_DIRECTORY)")
+        return None
+    try:
+        password = read_credential(web.password_credential)
+    except ConfigError as exc:
+        log.error("console off: web.password_credential: %s", "; ".join(exc.problems))
+        return None
+    if len(password) < 8:
+        log.error("console off: web.password_credential %r holds fewer than 8 characters", web.password_credential)
+        return None
+    from accessd.console import Backend, create_app
+    from accessd.enrolment import Enrolment
+    from accessd.webserver import WebServer
+
+    def verify(a: bytes, b: bytes) -> dict[str, Any]:
+        pipeline = daemon.pipeline
+        try:
+            score = pipeline.compare(decode_image(a, "photo a"), decode_image(b, "photo b"))
+        except ValueError as exc:  # ImageError is a ValueError too: both name the photo
+            from accessd.imageio import ImageError
+
+            raise ImageError(str(exc)) from exc
+        threshold = pipeline.thresholds.detection
+        return {"score": round(score, 6), "match": score > threshold, "threshold": threshold}
+
+    def settings() -> dict[str, Any]:
+        t = daemon.pipeline.thresholds
+        d = daemon.config.decision
+        return {"detection_threshold": t.detection, "verification_threshold": t.verification,
+                "margin": t.margin, "score_margin": t.score_margin, "confirm_frames": d.confirm_frames,
+                "confirm_window": d.confirm_window, "lockout_denies": d.lockout_denies, "lockout_s": d.lockout_s,
+                "liveness_check": d.liveness_check}
+
+    backend = Backend(
+        view=daemon.view,
+        enrolment=Enrolment(lambda: daemon.config.gallery.dir, lambda: daemon.audit,
+                            lambda image: daemon.pipeline.enrolment_problem(image)),
+        audit_path=daemon.config.audit.path,
+        snapshots_dir=daemon.config.audit.snapshots_dir,
+        verify=verify,
+        settings=settings,
+    )
+    try:
+        server = WebServer(create_app(backend, password, web), web.host, web.port)
+    except OSError as exc:
+        log.error("console off: web.port %d on %s: %s", web.port, web.host, exc.strerror or exc)
+        return None
+    server.start()
+    return server

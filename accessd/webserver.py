@@ -1,0 +1,34 @@
+"""The console's HTTP server: waitress (a production WSGI server, pure Python) on its own threads.
+
+Requests are served by waitress's worker threads, never by the frame loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class WebServer:
+    def __init__(self, app: Any, host: str, port: int, threads: int = 4) -> None:
+        from waitress.server import create_server
+
+        # Raises OSError naming the address when the port is taken.
+        self._server: Any = create_server(app, host=host, port=port, threads=threads, ident="accessd",
+                                          channel_timeout=30, asyncore_loop_timeout=0.5)
+        self.host, self.port = host, int(self._server.effective_port)
+        self._thread = threading.Thread(target=self._server.run, name="console", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("console on http://%s:%d/", self.host, self.port)
+
+    def close(self) -> None:
+        from waitress import wasyncore
+
+        self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
+        wasyncore.close_all(self._server._map)
+        self._thread.join(timeout=3)

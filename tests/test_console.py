@@ -1,0 +1,436 @@
+"""The console, served by a real daemon watching a real (MJPEG over HTTP) camera: API, security, browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import requests
+
+from accessd.bench import bench_frame
+from accessd.imageio import read_image
+from tests.conftest import REPO, SHARED, LoopbackServer, QuietHandler, free_port
+from tests.test_daemon import OTHER_ENROLLED, PERSON, enrol, photos, write_config
+from tests.test_imageio import png_claiming
+
+PASSWORD = "correct horse battery staple"
+
+
+class ShowCamera(LoopbackServer):
+    """An endless MJPEG stream at 10 frames/s of whatever photo the test shows (with sensor noise)."""
+
+    def __init__(self) -> None:
+        self.jpeg_of: dict[str, bytes] = {}
+        self.frame = np.full((480, 640, 3), 90, np.uint8)
+        self.closed = threading.Event()
+        camera = self
+
+        class Handler(QuietHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                rng = np.random.default_rng(0)
+                try:
+                    while not camera.closed.is_set():
+                        noisy = np.clip(camera.frame + rng.normal(0, 2, camera.frame.shape), 0, 255).astype(np.uint8)
+                        jpeg = cv2.imencode(".jpg", cv2.cvtColor(noisy, cv2.COLOR_RGB2BGR))[1].tobytes()
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                                         + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
+                        time.sleep(0.1)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        super().__init__(Handler, "/stream.mjpg")
+
+    def show(self, photo: Path) -> None:
+        self.frame = bench_frame(read_image(photo))
+
+    def close(self) -> None:
+        self.closed.set()
+        super().close()
+
+
+class Door:
+    def __init__(self, tmp: Path, model: Path) -> None:
+        self.tmp = tmp
+        self.camera = ShowCamera()
+        self.camera.show(photos(PERSON)[0])
+        self.gallery = tmp / "gallery"
+        enrol(self.gallery, OTHER_ENROLLED, photos(OTHER_ENROLLED)[:3])
+        self.audit = tmp / "audit.jsonl"
+        creds = tmp / "creds"
+        creds.mkdir()
+        (creds / "console-password").write_text(PASSWORD + "\n")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cfg = write_config(
+            tmp / "config.yaml", model,
+            source={"uri": self.camera.url, "reconnect_max_s": 1.0},
+            gallery={"dir": str(self.gallery)},
+            audit={"path": str(self.audit), "snapshots_dir": str(tmp / "snaps")},
+            decision={"deny_interval_s": 1.0, "grant_cooldown_s": 1.0, "lockout_denies": 0},
+            web={"port": self.port, "password_credential": "console-password"},
+        )
+        env = {**os.environ, "ACCESSD_SHARED": str(SHARED), "CREDENTIALS_DIRECTORY": str(creds)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "accessd", "run", "--config", str(cfg)], cwd=REPO,
+                                     stderr=subprocess.PIPE, text=True, env=env)
+        self.stderr: list[str] = []
+        threading.Thread(target=self._drain, daemon=True).start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/login", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.3)
+            assert self.proc.poll() is None, "".join(self.stderr)[-3000:]
+        raise AssertionError("console did not come up:\n" + "".join(self.stderr)[-3000:])
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+
+    def api(self, method: str, path: str, **kw: Any) -> requests.Response:
+        headers = {"Authorization": f"Bearer {PASSWORD}", **kw.pop("headers", {})}
+        return requests.request(method, self.url + path, headers=headers, timeout=30, **kw)
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.audit.read_text().splitlines()] if self.audit.exists() else []
+
+    def wait_for(self, what: str, check: Any, timeout: float = 30) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = check()
+            if result:
+                return result
+            time.sleep(0.3)
+        raise AssertionError(f"timed out waiting for {what}\n" + self.log_tail())
+
+    def log_tail(self, n: int = 30) -> str:
+        """The daemon's last log lines, without the stream of routine denies."""
+        return "".join([line for line in self.stderr if "decision=deny" not in line][-n:])
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        finally:
+            self.proc.kill()
+            self.camera.close()
+
+
+@pytest.fixture(scope="module")
+def door(tmp_path_factory: pytest.TempPathFactory, trained_model: Path) -> Iterator[Door]:
+    d = Door(tmp_path_factory.mktemp("console"), trained_model)
+    yield d
+    d.close()
+    assert PASSWORD not in "".join(d.stderr)  # the secret never reaches the log
+
+
+def photo_status(door: Door, person: str, photo: str) -> str | None:
+    for p in door.api("GET", "/api/people").json()["people"]:
+        if p["person"] == person:
+            for ph in p["photos"]:
+                if ph["photo"] == photo:
+                    return str(ph["status"])
+    return None
+
+
+# --- authentication ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/api/status", "/api/people", "/api/decisions", "/api/live.jpg",
+                                  "/api/live.mjpeg", "/api/snapshots/x", "/api/settings"])
+def test_nothing_is_served_without_authentication(door: Door, path: str) -> None:
+    assert requests.get(door.url + path, timeout=10).status_code == 401
+    wrong = requests.get(door.url + path, headers={"Authorization": "Bearer nope"}, timeout=10)
+    assert wrong.status_code == 401
+
+
+def test_the_page_redirects_to_the_login_form(door: Door) -> None:
+    r = requests.get(door.url + "/", timeout=10, allow_redirects=False)
+    assert r.status_code == 302 and r.headers["Location"].endswith("/login")
+    assert requests.get(door.url + "/static/console.js", timeout=10, allow_redirects=False).status_code == 302
+
+
+def test_login_sets_a_strict_httponly_expiring_cookie(door: Door) -> None:
+    s = requests.Session()
+    r = s.post(door.url + "/login", data={"password": PASSWORD}, timeout=10, allow_redirects=False)
+    assert r.status_code == 302
+    cookie = r.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Expires=" in cookie
+    assert s.get(door.url + "/api/status", timeout=10).status_code == 200
+
+
+def test_cookie_requests_that_change_state_need_the_csrf_token_and_same_origin(door: Door) -> None:
+    s = requests.Session()
+    s.post(door.url + "/login", data={"password": PASSWORD}, timeout=10)
+    path = f"/api/people/{OTHER_ENROLLED}/photos/{photos(OTHER_ENROLLED)[0].name}"
+    assert s.delete(door.url + path, timeout=10).status_code == 403  # no token: a forged request
+    token = s.get(door.url + "/api/session", timeout=10).json()["csrf"]
+    evil = s.delete(door.url + path, headers={"X-CSRF-Token": token, "Origin": "http://evil.example"}, timeout=10)
+    assert evil.status_code == 403
+    assert (door.gallery / OTHER_ENROLLED / photos(OTHER_ENROLLED)[0].name).is_file()
+
+
+# --- the API ----------------------------------------------------------------------------------
+
+def test_status_tells_the_door_state(door: Door) -> None:
+    status = door.wait_for("frames", lambda: (s := door.api("GET", "/api/status").json()).get("frames") and s)
+    assert status["camera"] == "up" and status["model"] == "accessd-resnet.onnx"
+    assert status["gallery_people"] == 1 and status["gallery_photos"] == 3
+    assert status["provider"] == "CPUExecutionProvider" or "CUDA" in status["provider"]
+
+
+def test_live_frames_change_and_show_the_camera(door: Door) -> None:
+    first = door.api("GET", "/api/live.jpg")
+    assert first.status_code == 200 and first.headers["Content-Type"] == "image/jpeg"
+    image = cv2.imdecode(np.frombuffer(first.content, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (480, 640, 3)
+    later = door.wait_for("a newer frame", lambda: (r := door.api("GET", "/api/live.jpg")).headers["X-Frame-Seq"]
+                          != first.headers["X-Frame-Seq"] and r)
+    assert later.content != first.content
+    with door.api("GET", "/api/live.mjpeg", stream=True) as r:
+        assert r.headers["Content-Type"].startswith("multipart/x-mixed-replace")
+        chunk = next(r.iter_content(4096))
+        assert chunk.startswith(b"--frame")
+
+
+@pytest.mark.parametrize(("person", "name", "status"), [
+    ("%2E%2E", "a.jpg", 400), (".hidden", "a.jpg", 400), ("a/b", "a.jpg", 404), ("a%2Fb", "a.jpg", 404),
+    ("ok", "a.txt", 415)])
+def test_bad_names_are_refused(door: Door, person: str, name: str, status: int) -> None:
+    data = photos(PERSON)[1].read_bytes()
+    r = door.api("POST", f"/api/people/{person}/photos", files={"file": (name, data, "image/jpeg")})
+    assert r.status_code == status, r.text
+    assert not (door.gallery / "ok").exists() and not (door.tmp / "a.jpg").exists()
+
+
+def test_photo_names_cannot_traverse(door: Door) -> None:
+    r = door.api("DELETE", f"/api/people/{OTHER_ENROLLED}/photos/..%2F..%2Faudit.jsonl")
+    assert r.status_code in (400, 404)
+    assert door.audit.exists() and (door.gallery / OTHER_ENROLLED).is_dir()
+
+
+def test_symlinked_person_folders_are_refused(door: Door) -> None:
+    outside = door.tmp / "outside"
+    outside.mkdir(exist_ok=True)
+    (door.gallery / "linked").symlink_to(outside)
+    try:
+        r = door.api("POST", "/api/people/linked/photos",
+                     files={"file": ("a.jpg", photos(PERSON)[1].read_bytes(), "image/jpeg")})
+        assert r.status_code == 403, r.text
+        assert list(outside.iterdir()) == []
+    finally:
+        (door.gallery / "linked").unlink()
+
+
+def test_bad_uploads_get_a_clear_4xx(door: Door) -> None:
+    corrupt = door.api("POST", "/api/people/Someone/photos", files={"file": ("x.jpg", b"\xff\xd8 not really", "image/jpeg")})
+    assert corrupt.status_code == 422 and "x.jpg" in corrupt.json()["error"]
+    text = door.api("POST", "/api/people/Someone/photos", files={"file": ("x.png", b"hello", "image/png")})
+    assert text.status_code == 422
+    big = door.api("POST", "/api/people/Someone/photos", files={"file": ("big.jpg", b"\xff" * 10_000_001, "image/jpeg")})
+    assert big.status_code == 413
+    png = png_claiming(20_000, 20_000)  # a header claiming 400 megapixels, a tiny body
+    bomb = door.api("POST", "/api/people/Someone/photos", files={"file": ("bomb.png", png, "image/png")})
+    assert bomb.status_code == 422 and "pixel limit" in bomb.json()["error"]
+    assert not (door.gallery / "Someone").exists() or list((door.gallery / "Someone").iterdir()) == []
+    blank = cv2.imencode(".jpg", np.full((200, 200, 3), 128, np.uint8))[1].tobytes()
+    faceless = door.api("POST", "/api/people/Someone/photos", files={"file": ("wall.jpg", blank, "image/jpeg")})
+    assert faceless.status_code == 422 and "no face found" in faceless.json()["error"]
+    missing = door.api("POST", "/api/people/Someone/photos", files={"other": ("a.jpg", b"", "image/jpeg")})
+    assert missing.status_code == 400
+
+
+def test_verify_scores_two_uploads(door: Door) -> None:
+    samples = SHARED / "data/samples"
+    same = door.api("POST", "/api/verify", files={"a": (samples / "obama.jpg").open("rb"),
+                                                 "b": (samples / "obama3.jpg").open("rb")}).json()
+    assert same["match"] is True and same["score"] > same["threshold"]
+    other = door.api("POST", "/api/verify", files={"a": (samples / "obama.jpg").open("rb"),
+                                                  "b": (samples / "biden.jpg").open("rb")}).json()
+    assert other["match"] is False
+
+
+def test_upload_goes_live_and_delete_is_audited_with_the_client(door: Door) -> None:
+    r = door.api("POST", "/api/people/Api_Test/photos",
+                 files={"file": ("face one.jpg", photos(PERSON)[2].read_bytes(), "image/jpeg")})
+    assert r.status_code == 201, r.text
+    name = r.json()["photo"]
+    assert name.startswith("face_one-") and name.endswith(".jpg")
+    t0 = time.monotonic()
+    door.wait_for("the photo in use", lambda: photo_status(door, "Api_Test", name) == "in use", timeout=20)
+    print(f"upload live after {time.monotonic() - t0:.1f} s")
+    assert door.api("DELETE", f"/api/people/Api_Test/photos/{name}").status_code == 200
+    assert door.api("DELETE", f"/api/people/Api_Test/photos/{name}").status_code == 404
+    assert door.api("DELETE", "/api/people/Api_Test").status_code == 200
+    changes = [r for r in door.records() if r.get("event") == "enrolment" and r["person"] == "Api_Test"]
+    assert [c["action"] for c in changes] == ["add_photo", "delete_photo", "delete_person"]
+    assert all(c["client"] == "127.0.0.1" for c in changes) and changes[0]["photo"] == name
+
+
+# --- the page, in a real browser ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("Debian's chromium and chromium-driver are not installed (install.sh installs them as root)")
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,900"):
+        options.add_argument(arg)
+    b = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+    yield b
+    b.quit()
+
+
+def shoot(browser: Any, name: str) -> None:
+    folder = os.environ.get("ACCESSD_SCREENSHOTS")
+    if folder:
+        browser.save_screenshot(str(Path(folder) / f"console-{name}.png"))
+
+
+def test_in_the_browser_enrol_from_a_refused_snapshot_then_delete_then_upload(door: Door, browser: Any) -> None:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def wait(what: str, check: Any, timeout: float = 40) -> Any:
+        try:
+            return WebDriverWait(browser, timeout, poll_frequency=0.3,
+                                 ignored_exceptions=[StaleElementReferenceException, NoSuchElementException]
+                                 ).until(lambda _b: check())
+        except Exception as exc:
+            logs = browser.get_log("browser")
+            message = browser.find_element(By.ID, "message").text
+            raise AssertionError(f"browser: timed out waiting for {what} at {browser.current_url}; page says "
+                                 f"{message!r}\n"
+                                 f"console: {logs[-10:]}\n" + "".join(door.stderr)[-1500:]) from exc
+
+    def tab(name: str) -> None:
+        browser.find_element(By.CSS_SELECTOR, f"nav button[data-tab='{name}']").click()
+
+    # Log in; the live frame changes.
+    browser.get(door.url + "/")
+    assert browser.current_url.endswith("/login")
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "login-button").click()
+    frame = wait("the live frame", lambda: browser.find_element(By.ID, "live-frame").get_attribute("data-seq"))
+    wait("the live frame to change",
+         lambda: browser.find_element(By.ID, "live-frame").get_attribute("data-seq") not in ("", frame))
+    wait("the status", lambda: "gallery photos" in browser.find_element(By.ID, "status").text)
+    shoot(browser, "live")
+
+    # The person at the camera is not enrolled: refused, with a snapshot. Enrol from it.
+    door.wait_for("a refused snapshot", lambda: any(r.get("decision") == "deny" and r.get("id")
+                                                    for r in door.records()))
+    tab("decisions")
+    wait("a deny to enrol from", lambda: browser.find_elements(By.CSS_SELECTOR, "#decision-rows button.enrol"))
+    shoot(browser, "decisions")
+
+    def click_enrol() -> bool:
+        try:
+            browser.find_elements(By.CSS_SELECTOR, "#decision-rows button.enrol")[0].click()
+            return True
+        except (StaleElementReferenceException, IndexError):
+            return False  # the list was redrawn under us
+
+    wait("the enrol button", click_enrol)
+    prompt = wait("the person prompt", lambda: browser.switch_to.alert)
+    prompt.send_keys("Donald")
+    prompt.accept()
+    wait("the confirmation", lambda: "added to Donald" in browser.find_element(By.ID, "message").text)
+    enrolled_at = len(door.records())
+    door.wait_for("a grant for Donald", lambda: any(r.get("decision") == "grant" and r["person"] == "Donald"
+                                                    for r in door.records()[enrolled_at:]), timeout=40)
+    browser.find_element(By.ID, "f-outcome").send_keys("grant")
+    browser.find_element(By.CSS_SELECTOR, "#decision-filter button").click()
+    wait("the grant in the list", lambda: "Donald" in browser.find_element(By.ID, "decision-rows").text)
+
+    # People: Donald's photo is in use. Delete it: refused again.
+    tab("people")
+    card = "[data-person='Donald']"
+    wait("Donald's photo in use", lambda: "in use" in browser.find_element(By.CSS_SELECTOR, card).text)
+    shoot(browser, "people")
+    wait("the delete button", lambda: (browser.find_element(By.CSS_SELECTOR, f"{card} button.delete").click(), True)[1])
+    browser.switch_to.alert.accept()
+    wait("the deletion", lambda: "deleted" in browser.find_element(By.ID, "message").text)
+    deleted_at = len(door.records())
+    door.wait_for("a deny after the deletion", lambda: any(r.get("decision") == "deny"
+                                                           for r in door.records()[deleted_at:]), timeout=40)
+    assert not any(r.get("decision") == "grant" for r in door.records()[deleted_at + 2:])
+
+    # Upload one of his photos (the file input, as a drop would): in use, shown on the page.
+    tab("people")
+    # Cards are redrawn when the list refreshes: each find-and-act is retried on a stale element.
+    wait("the upload", lambda: (browser.find_element(By.CSS_SELECTOR, f"{card} input[type=file]")
+                                .send_keys(str(photos(PERSON)[3])), True)[1])
+    wait("the upload's confirmation", lambda: "added to Donald" in browser.find_element(By.ID, "message").text)
+    door.wait_for("the upload in use", lambda: any(
+        p["person"] == "Donald" and p["in_use"] == 1 for p in door.api("GET", "/api/people").json()["people"]))
+    tab("people")
+    wait("the upload shown in use", lambda: "in use" in browser.find_element(By.CSS_SELECTOR, card).text)
+
+    tab("verify")
+    shoot(browser, "verify")
+    tab("settings")
+    wait("the settings", lambda: "detection_threshold" in browser.find_element(By.ID, "settings-list").text)
+    shoot(browser, "thresholds")
+    changes = [(r["action"], r["person"]) for r in door.records() if r.get("event") == "enrolment"]
+    assert ("add_photo", "Donald") in changes and ("delete_photo", "Donald") in changes
+
+
+# --- last: these lock the test client out or stand alone ----------------------------------------
+
+def test_failed_logins_are_rate_limited(door: Door) -> None:
+    codes = [requests.post(door.url + "/login", data={"password": f"guess {i}"}, timeout=10).status_code
+             for i in range(7)]
+    assert codes[:5] == [401] * 5 and codes[5:] == [429, 429]
+    right = requests.post(door.url + "/login", data={"password": PASSWORD}, timeout=10, allow_redirects=False)
+    assert right.status_code == 429  # even the right password waits out the window
+    assert door.api("GET", "/api/status").status_code == 200  # scripts with the bearer token go on
+
+
+def test_without_a_credential_the_console_stays_off_and_says_how(tmp_path: Path, trained_model: Path) -> None:
+    port = free_port()
+    cfg = write_config(tmp_path / "config.yaml", trained_model,
+                       source={"uri": "rtsp://127.0.0.1:9/none", "reconnect_max_s": 1.0},
+                       gallery={"dir": str(tmp_path / "empty")}, audit={"path": str(tmp_path / "a.jsonl")},
+                       web={"port": port})
+    proc = subprocess.Popen([sys.executable, "-m", "accessd", "run", "--config", str(cfg)], cwd=REPO,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "ACCESSD_SHARED": str(SHARED)})
+    guard = threading.Timer(90, proc.kill)  # never hang the suite
+    guard.start()
+    try:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "console" in line:
+                break
+        assert any("console off" in line and "web.password_credential" in line for line in lines), lines
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/login", timeout=2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        guard.cancel()
+    assert proc.returncode == 0
