@@ -41,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     enroll = sub.add_parser("enroll", help="inspect the enrolled gallery")
     _config_arg(enroll)
-    enroll.add_argument("--list", action="store_true", required=True, help="list people and usable photos")
+    what = enroll.add_mutually_exclusive_group(required=True)
+    what.add_argument("--list", action="store_true", help="list people and usable photos")
+    what.add_argument("--check", action="store_true",
+                      help="flag photos that look like someone else enrolled, or like none of their person's "
+                           "other photos (exit 1 when any is flagged)")
     enroll.add_argument("--gallery", type=Path)
 
     bench = sub.add_parser("bench", help="measure frames/s and latency against gallery sizes")
@@ -206,6 +210,14 @@ def _enroll(config: Config, args: argparse.Namespace) -> int:
     pipeline = Pipeline(config)
     try:
         gallery = pipeline.load_gallery(args.gallery)
+        if args.check:
+            from accessd.enrolcheck import check
+
+            flags = check(gallery, pipeline.gallery_scores(gallery), pipeline.thresholds.detection)
+            for f in flags:
+                print(f"{f.person}/{f.photo}\t{f.problem}\tscore {f.score:.3f}")
+            print(f"# {len(flags)} of {len(gallery)} photos flagged", file=sys.stderr)
+            return 1 if flags else 0
     finally:
         pipeline.close()
     for person, count in gallery.counts().items():

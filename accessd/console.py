@@ -50,6 +50,7 @@ class Backend:
     audit_path: Path
     snapshots_dir: Path | None
     verify: Callable[[bytes, bytes], dict[str, Any]]
+    check: Callable[[], list[dict[str, Any]]]  # the enrolment check (accessd/enrolcheck.py) on the live gallery
     settings: Callable[[], dict[str, Any]]
 
 
@@ -210,6 +211,10 @@ def create_app(backend: Backend, password: str, web: WebConfig) -> Flask:
         except EnrolmentError as exc:
             return _error(str(exc), exc.status)
         return jsonify(ok=True)
+
+    @app.get("/api/check")
+    def enrolment_check() -> Response:
+        return jsonify(flags=backend.check())
 
     @app.get("/api/people/<person>/photos/<photo>")
     def photo_file(person: str, photo: str) -> Response:

@@ -100,6 +100,31 @@ class Pipeline:
             found = single_face(self._side_detector.detect(image))
         return found if isinstance(found, str) else None
 
+    def gallery_scores(self, gallery: Gallery) -> Floats:
+        """M x M pair scores of the gallery's photos against each other (for the enrolment check).
+
+        Each photo is read, detected and cropped again (the gallery keeps only
+        embeddings); a photo that no longer reads scores 0 against everything.
+        """
+        from accessd.imageio import ImageError, read_image
+
+        rows = np.zeros((len(gallery), len(gallery)), np.float32)
+        for i, photo in enumerate(gallery.photos):
+            try:
+                image = read_image(photo.path)
+            except ImageError:
+                continue
+            with self._side_lock:
+                if self._side_detector is None:
+                    self._side_detector = FaceDetector(self.detector.model_path,
+                                                       self.config.detector.min_confidence)
+                face = single_face(self._side_detector.detect(image))
+            if isinstance(face, str):
+                continue
+            _, scores = self.model.embed_and_score(self.crop(image, face)[None], gallery.embeddings)
+            rows[i] = scores[0]
+        return rows
+
     def compare(self, a: Image, b: Image) -> float:
         """The pair score of two photos' largest faces, off the frame loop (its own detector).
 

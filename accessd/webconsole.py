@@ -58,6 +58,14 @@ def start_console(daemon: Daemon) -> WebServer | None:
                 "confirm_window": d.confirm_window, "lockout_denies": d.lockout_denies, "lockout_s": d.lockout_s,
                 "liveness_check": d.liveness_check}
 
+    def check() -> list[dict[str, Any]]:
+        from accessd.enrolcheck import check as check_gallery
+
+        pipeline, gallery = daemon.pipeline, daemon.gallery
+        flags = check_gallery(gallery, pipeline.gallery_scores(gallery), pipeline.thresholds.detection)
+        return [{"person": f.person, "photo": f.photo, "problem": f.problem, "score": round(f.score, 4)}
+                for f in flags]
+
     backend = Backend(
         view=daemon.view,
         enrolment=Enrolment(lambda: daemon.config.gallery.dir, lambda: daemon.audit,
@@ -65,6 +73,7 @@ def start_console(daemon: Daemon) -> WebServer | None:
         audit_path=daemon.config.audit.path,
         snapshots_dir=daemon.config.audit.snapshots_dir,
         verify=verify,
+        check=check,
         settings=settings,
     )
     try:

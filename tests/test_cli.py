@@ -40,3 +40,20 @@ def test_bench_json_shape(tmp_path: Path, trained_model: Path) -> None:
     assert sizes == [10, 100]
     for g in report["galleries"]:
         assert g["fps"] > 0 and 0 < g["latency_ms_p50"] <= g["latency_ms_p95"]
+
+
+def test_enroll_check_flags_a_mislabelled_photo(tmp_path: Path, trained_model: Path) -> None:
+    from tests.test_daemon import OTHER_ENROLLED, PERSON, enrol, photos
+
+    gallery = tmp_path / "g"
+    enrol(gallery, PERSON, photos(PERSON)[:3])
+    enrol(gallery, OTHER_ENROLLED, photos(OTHER_ENROLLED)[:3])
+    cfg = write_config(tmp_path / "config.yaml", trained_model, gallery={"dir": str(gallery)})
+    clean = run_py("-m", "accessd", "enroll", "--check", "--config", str(cfg), check=False)
+    assert clean.returncode == 0 and clean.stdout == "", clean.stdout
+    wrong = photos(PERSON)[4]
+    enrol(gallery, OTHER_ENROLLED, [wrong])  # filed under the wrong name
+    flagged = run_py("-m", "accessd", "enroll", "--check", "--config", str(cfg), check=False)
+    assert flagged.returncode == 1
+    lines = flagged.stdout.splitlines()
+    assert lines[0].startswith(f"{OTHER_ENROLLED}/{wrong.name}\tlooks like {PERSON} "), lines

@@ -266,6 +266,24 @@ def test_verify_scores_two_uploads(door: Door) -> None:
     assert other["match"] is False
 
 
+def test_enrolment_check_flags_a_photo_filed_under_the_wrong_name(door: Door) -> None:
+    assert door.api("GET", "/api/check").json()["flags"] == []
+    wrong = photos(PERSON)[5]
+    r = door.api("POST", f"/api/people/{OTHER_ENROLLED}/photos",
+                 files={"file": (wrong.name, wrong.read_bytes(), "image/jpeg")})
+    assert r.status_code == 201
+    name = r.json()["photo"]
+    try:
+        door.wait_for("the photo in use", lambda: photo_status(door, OTHER_ENROLLED, name) == "in use")
+        flags = door.api("GET", "/api/check").json()["flags"]
+        assert [(f["person"], f["photo"]) for f in flags] == [(OTHER_ENROLLED, name)], flags
+        # Nobody else enrolled looks like it (the person at the camera is not enrolled yet): it matches no one.
+        assert flags[0]["problem"] == f"matches none of {OTHER_ENROLLED}'s other photos"
+    finally:
+        assert door.api("DELETE", f"/api/people/{OTHER_ENROLLED}/photos/{name}").status_code == 200
+        door.wait_for("the photo gone", lambda: photo_status(door, OTHER_ENROLLED, name) is None)
+
+
 def test_upload_goes_live_and_delete_is_audited_with_the_client(door: Door) -> None:
     r = door.api("POST", "/api/people/Api_Test/photos",
                  files={"file": ("face one.jpg", photos(PERSON)[2].read_bytes(), "image/jpeg")})

@@ -166,6 +166,15 @@ $("add-person").addEventListener("submit", (e) => {
   $("new-person").value = "";
 });
 
+$("check").addEventListener("click", async () => {
+  $("flags").replaceChildren(el("li", {}, "checking…"));
+  try {
+    const data = await api("GET", "/api/check");
+    $("flags").replaceChildren(...(data.flags.length ? data.flags.map((f) => el("li", { class: "flag" },
+      `${f.person}/${f.photo}: ${f.problem} (score ${f.score.toFixed(3)})`)) : [el("li", {}, "no photo flagged")]));
+  } catch (e) { $("flags").replaceChildren(el("li", {}, e.message)); }
+});
+
 // Verify
 $("verify-form").addEventListener("submit", async (e) => {
   e.preventDefault();
