@@ -44,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=600.0)
     p.add_argument("--video", type=Path, default=shared / "data/video/webcam_face.mp4")
     p.add_argument("--enrol", type=int, default=0, help="photos to enrol while running, after the warm-up")
+    p.add_argument("--console", action="store_true",
+                   help="serve the console too, with a viewer polling it as the page does (live frame every "
+                        "0.3 s, status every 2 s), to measure what it costs the frame loop")
+    p.add_argument("--threads", type=int, default=0,
+                   help="model.threads (ONNX Runtime intra-op threads; 0: its choice)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         gallery = Path(tmp) / "gallery" / "speaker"
@@ -59,7 +64,13 @@ def main(argv: list[str] | None = None) -> int:
                 cv2.imwrite(str(gallery / f"frame{i}.jpg"), frame)
         cap.release()
         repo = Path(__file__).resolve().parent.parent
-        config = parse_config({"gallery": {"dir": str(gallery.parent)}, "state_dir": tmp,
+        web: dict[str, object] = {"port": 0}
+        if args.console:
+            (Path(tmp) / "console-password").write_text("soak-password")
+            os.environ["CREDENTIALS_DIRECTORY"] = tmp
+            web = {"port": _free_port(), "password_credential": "console-password"}
+        config = parse_config({"gallery": {"dir": str(gallery.parent)}, "state_dir": tmp, "web": web,
+                               "model": {"threads": args.threads},
                                "audit": {"path": str(Path(tmp) / "audit.jsonl")}}, repo)
         daemon = Daemon(config, str(args.video))
         source = VideoFileSource(args.video, config.source, loop=True)
@@ -93,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             daemon._process = timed_process  # type: ignore[method-assign,assignment]
             threading.Timer(10.0, _enrol, (daemon, shared / "data/lfw", gallery.parent, args.enrol,
                                            enrolment)).start()
+        viewed = [0]
+        if args.console:
+            threading.Thread(target=_viewer, args=(f"http://127.0.0.1:{web['port']}", args.seconds - 1, viewed),
+                             daemon=True).start()
         t0 = time.monotonic()
         daemon.run(stop, source=source)
         elapsed = time.monotonic() - t0
@@ -111,9 +126,53 @@ def main(argv: list[str] | None = None) -> int:
         }
         if enrolment:
             report.update(_enrol_report(enrolment, frame_times))
+        if args.console:
+            report["console_requests"] = viewed[0]
         shutil.rmtree(gallery.parent, ignore_errors=True)
     print(json.dumps(report))
     return 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+_VIEWER = """
+import sys, time, urllib.error, urllib.request
+url, count = sys.argv[1], 0
+auth = {"Authorization": "Bearer soak-password"}
+last_status = 0.0
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    time.sleep(0.3)
+    paths = ["/api/live.jpg"]
+    if time.monotonic() - last_status > 2.0:
+        paths.append("/api/status")
+        last_status = time.monotonic()
+    for path in paths:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url + path, headers=auth), timeout=5) as r:
+                r.read()
+            count += 1
+        except (urllib.error.URLError, OSError):
+            pass
+print(count)
+"""
+
+
+def _viewer(url: str, seconds: float, count: list[int]) -> None:
+    """What an open console page asks for (the live frame every 0.3 s, the status every 2 s), from
+    another process, as a browser would be: its own CPU time is not the daemon's."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _VIEWER, url, str(seconds)], capture_output=True, text=True,
+                          check=False, timeout=seconds + 60)
+    count[0] = int(done.stdout.strip() or 0)
 
 
 def _enrol(daemon: Daemon, lfw: Path, gallery: Path, count: int, out: dict[str, float]) -> None:

@@ -16,9 +16,10 @@ class WebServer:
     def __init__(self, app: Any, host: str, port: int, threads: int = 4) -> None:
         from waitress.server import create_server
 
-        # Raises OSError naming the address when the port is taken.
+        # Raises OSError naming the address when the port is taken. (Its select() timeout,
+        # asyncore_loop_timeout, is whole seconds: 0.5 became 0 and spun a core.)
         self._server: Any = create_server(app, host=host, port=port, threads=threads, ident="accessd",
-                                          channel_timeout=30, asyncore_loop_timeout=0.5)
+                                          channel_timeout=30)
         self.host, self.port = host, int(self._server.effective_port)
         self._thread = threading.Thread(target=self._server.run, name="console", daemon=True)
 
