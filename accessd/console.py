@@ -254,7 +254,8 @@ def create_app(backend: Backend, password: str, web: WebConfig) -> Flask:
         body = request.get_json(silent=True) or {}
         person = body.get("person") if isinstance(body, dict) else None
         try:
-            name = backend.enrolment.add_photo(str(person or ""), f"{snapshot_id}.jpg", path.read_bytes(), client())
+            name = backend.enrolment.add_photo(str(person or ""), f"{snapshot_id}.jpg", path.read_bytes(), client(),
+                                               action="enrol_from_snapshot")
         except EnrolmentError as exc:
             return _error(str(exc), exc.status), exc.status
         except ImageError as exc:

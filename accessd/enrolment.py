@@ -49,7 +49,7 @@ def check_name(value: str, what: str) -> str:
 
 @dataclass(frozen=True)
 class Change:
-    action: str  # add_photo, delete_photo, delete_person
+    action: str  # add_photo, enrol_from_snapshot, delete_photo, delete_person
     person: str
     photo: str | None
     client: str
@@ -78,8 +78,11 @@ class Enrolment:
             raise EnrolmentError(f"person {person!r}: outside the gallery", 403)
         return folder
 
-    def add_photo(self, person: str, filename: str, data: bytes, client: str) -> str:
-        """Decode-check and write an uploaded photo; the name it was stored under."""
+    def add_photo(self, person: str, filename: str, data: bytes, client: str, action: str = "add_photo") -> str:
+        """Decode-check and write an uploaded photo; the name it was stored under.
+
+        `action` names the change in the audit log (`enrol_from_snapshot` for a door snapshot).
+        """
         stem = Path(filename or "photo.jpg").stem
         suffix = Path(filename or "photo.jpg").suffix.lower()
         if suffix not in IMAGE_SUFFIXES:
@@ -93,7 +96,7 @@ class Enrolment:
         name = f"{safe_stem}-{hashlib.sha256(data).hexdigest()[:8]}{suffix}"
         folder = self._person_dir(person, create=True)
         path = folder / name
-        self._record(Change("add_photo", person, name, client))
+        self._record(Change(action, person, name, client))
         tmp = folder / f".{name}.{os.getpid()}.tmp"  # hidden: the watcher and scanner skip it
         tmp.write_bytes(data)
         tmp.replace(path)
