@@ -48,14 +48,18 @@ def separate_python_stderr() -> None:
 
 
 @contextmanager
-def quiet_native(what: str) -> Iterator[None]:
-    """Inside the block, native writes to fd 2 are logged (DEBUG, or ERROR for errors), not printed."""
+def quiet_native(what: str) -> Iterator[list[str]]:
+    """Inside the block, native writes to fd 2 are logged (DEBUG, or ERROR for errors), not printed.
+
+    Yields a list that holds the captured lines once the block has ended.
+    """
+    captured: list[str] = []
     with _lock:
         with tempfile.TemporaryFile(prefix="accessd-native-") as capture:
             saved = os.dup(2)
             os.dup2(capture.fileno(), 2)
             try:
-                yield
+                yield captured
             finally:
                 os.dup2(saved, 2)
                 os.close(saved)
@@ -64,4 +68,5 @@ def quiet_native(what: str) -> Iterator[None]:
     for line in text.splitlines():
         line = line.rstrip()
         if line:
+            captured.append(line)
             log.log(logging.ERROR if _ERROR.search(line) else logging.DEBUG, "%s: %s", what, line)

@@ -70,3 +70,24 @@ def test_a_native_flood_while_holding_the_gil_cannot_hang_the_process() -> None:
             "print('survived')\n")
     result = run_py("-c", code, timeout=60)
     assert result.stdout.strip() == "survived" and "flood" not in result.stderr
+
+
+def test_the_alignment_notice_is_captured_whichever_detection_prints_it() -> None:
+    """LiteRT's one-off alignment notice comes at the first unaligned input: once, in CI, at
+    `verify`'s second photo. Forty detections of odd-sized frames print nothing raw."""
+    code = ("import logging\n"
+            "import numpy as np\n"
+            "from pathlib import Path\n"
+            "from accessd.nativelog import separate_python_stderr\n"
+            "separate_python_stderr()\n"
+            "logging.basicConfig(level=logging.DEBUG, format='%(asctime)s %(levelname)s %(name)s: %(message)s')\n"
+            "from accessd.detector import FaceDetector\n"
+            "rng = np.random.default_rng(1)\n"
+            "with FaceDetector(Path('models/detector/face_detection_full_range_sparse.tflite')) as det:\n"
+            "    for _ in range(40):\n"
+            "        h, w = rng.integers(101, 641, 2)\n"
+            "        det.detect(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))\n")
+    result = run_py("-c", code)
+    raw = [line for line in result.stderr.splitlines() if line.strip() and not ANY_LOG_LINE.match(line)]
+    assert raw == [], raw[:5]
+    assert "memory is not aligned" in result.stderr  # printed once, and logged as ours
