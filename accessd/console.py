@@ -95,9 +95,19 @@ def create_app(backend: Backend, password: str, web: WebConfig) -> Flask:
     def session_ok() -> bool:
         return bool(session.get("auth")) and float(session.get("exp", 0)) > time.time()
 
+    def add(person: str, filename: str, data: bytes, action: str) -> tuple[Response, int]:
+        """A photo into a person's folder through Enrolment: 201 with its stored name, or a 4xx."""
+        try:
+            name = backend.enrolment.add_photo(person, filename, data, client(), action)
+        except EnrolmentError as exc:
+            return _error(str(exc), exc.status), exc.status
+        except ImageError as exc:
+            return _error(str(exc), 422), 422
+        return jsonify(person=person, photo=name, status="pending"), 201
+
     @app.before_request
     def authenticate() -> Response | None:
-        if request.endpoint in ("login_form", "login", "login_css"):
+        if request.endpoint in ("login_form", "login", "stylesheet"):  # what the login form itself needs
             return None
         if bearer_ok():
             return None
@@ -129,9 +139,11 @@ def create_app(backend: Backend, password: str, web: WebConfig) -> Flask:
     def login_form() -> Response:
         return send_file(STATIC / "login.html")
 
-    @app.get("/login.css")
-    def login_css() -> Response:
-        return send_file(STATIC / "login.css")
+    @app.get("/css/<name>")
+    def stylesheet(name: str) -> Response:
+        if name not in ("console.css", "login.css"):
+            abort(404)
+        return send_file(STATIC / name)
 
     @app.post("/login")
     def login() -> Response:
@@ -164,7 +176,7 @@ def create_app(backend: Backend, password: str, web: WebConfig) -> Flask:
 
     @app.get("/static/<name>")
     def static_file(name: str) -> Response:
-        if name not in ("console.js", "console.css"):
+        if name != "console.js":
             abort(404)
         return send_file(STATIC / name)
 
@@ -188,13 +200,7 @@ def create_app(backend: Backend, password: str, web: WebConfig) -> Flask:
         data = upload.read(web.max_upload_bytes + 1)
         if len(data) > web.max_upload_bytes:
             return _error(f"photo larger than web.max_upload_bytes ({web.max_upload_bytes})", 413), 413
-        try:
-            name = backend.enrolment.add_photo(person, upload.filename or "photo.jpg", data, client())
-        except EnrolmentError as exc:
-            return _error(str(exc), exc.status), exc.status
-        except ImageError as exc:
-            return _error(str(exc), 422), 422
-        return jsonify(person=person, photo=name, status="pending"), 201
+        return add(person, upload.filename or "photo.jpg", data, "add_photo")
 
     @app.delete("/api/people/<person>/photos/<photo>")
     def delete_photo(person: str, photo: str) -> Response:
@@ -253,14 +259,7 @@ def create_app(backend: Backend, password: str, web: WebConfig) -> Flask:
             return _error("no such snapshot", 404), 404
         body = request.get_json(silent=True) or {}
         person = body.get("person") if isinstance(body, dict) else None
-        try:
-            name = backend.enrolment.add_photo(str(person or ""), f"{snapshot_id}.jpg", path.read_bytes(), client(),
-                                               action="enrol_from_snapshot")
-        except EnrolmentError as exc:
-            return _error(str(exc), exc.status), exc.status
-        except ImageError as exc:
-            return _error(str(exc), 422), 422
-        return jsonify(person=person, photo=name, status="pending"), 201
+        return add(str(person or ""), f"{snapshot_id}.jpg", path.read_bytes(), "enrol_from_snapshot")
 
     @app.post("/api/verify")
     def verify() -> Response:

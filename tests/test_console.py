@@ -164,6 +164,9 @@ def test_the_page_redirects_to_the_login_form(door: Door) -> None:
     r = requests.get(door.url + "/", timeout=10, allow_redirects=False)
     assert r.status_code == 302 and r.headers["Location"].endswith("/login")
     assert requests.get(door.url + "/static/console.js", timeout=10, allow_redirects=False).status_code == 302
+    assert requests.get(door.url + "/css/login.css", timeout=10).status_code == 200  # the form's own style
+    sneaky = requests.get(door.url + "/css/%2E%2E%2Fconfig.yaml", timeout=10, allow_redirects=False)
+    assert sneaky.status_code in (302, 404) and "state_dir" not in sneaky.text
 
 
 def test_login_sets_a_strict_httponly_expiring_cookie(door: Door) -> None:
@@ -349,6 +352,7 @@ def test_in_the_browser_enrol_from_a_refused_snapshot_then_delete_then_upload(do
     # Log in; the live frame changes.
     browser.get(door.url + "/")
     assert browser.current_url.endswith("/login")
+    shoot(browser, "login")
     browser.find_element(By.ID, "password").send_keys(PASSWORD)
     browser.find_element(By.ID, "login-button").click()
     frame = wait("the live frame", lambda: browser.find_element(By.ID, "live-frame").get_attribute("data-seq"))

@@ -89,18 +89,19 @@ async function loadDecisions() {
     const action = el("td");
     if (d.id && d.decision === "deny") {
       const b = el("button", { class: "enrol" }, "enrol as…");
-      b.addEventListener("click", () => enrolFromSnapshot(d.id, d.closest || ""));
+      // No name suggested: the closest enrolled person is exactly the wrong guess to make easy.
+      b.addEventListener("click", () => enrolFromSnapshot(d.id));
       action.append(b);
     }
     rows.append(el("tr", { "data-id": d.id || "" },
-      el("td", {}, d.ts), el("td", { class: d.decision }, d.decision), el("td", {}, d.person || d.closest || "-"),
+      el("td", {}, d.ts), el("td", { class: d.decision }, d.decision), el("td", {}, d.person || (d.closest ? `unknown (closest: ${d.closest})` : "-")),
       el("td", {}, Number(d.score).toFixed(3)), el("td", {}, d.reason || ""), el("td", {}, snap), action));
   }
   $("page").textContent = ` ${page * PAGE + 1}-${page * PAGE + data.decisions.length} of ${data.total} `;
 }
 
-async function enrolFromSnapshot(id, guess) {
-  const person = prompt("Add this snapshot to whose photos? (a new or existing person)", guess);
+async function enrolFromSnapshot(id) {
+  const person = prompt("Add this snapshot to whose photos? (a new or existing person)", "");
   if (!person) return;
   try {
     await api("POST", `/api/decisions/${encodeURIComponent(id)}/enrol`, { person });
