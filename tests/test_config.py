@@ -95,3 +95,14 @@ def test_credentials_come_from_credentials_directory(tmp_path: Path, monkeypatch
     assert read_credential("token") == "s3cret"
     with pytest.raises(ConfigError, match="'missing'"):
         read_credential("missing")
+
+
+def test_console_settings_are_checked_by_name() -> None:
+    web = parse_config({}, Path("/srv")).web
+    assert web.host == "127.0.0.1" and web.password_credential is None  # loopback, and off without a password
+    with pytest.raises(ConfigError) as err:
+        parse_config({"web": {"port": 70000, "max_upload_bytes": 0, "session_hours": -1, "pasword": "x"}},
+                     Path("/srv"))
+    problems = "\n".join(err.value.problems)
+    for key in ("web.port", "web.max_upload_bytes", "web.session_hours", "web.pasword: unknown key"):
+        assert key in problems, problems

@@ -25,9 +25,7 @@ Person scores (log-odds):
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from accessd.model import SiameseModel
-from train.door_eval import read_people
+from train.door_eval import people_test_parser, read_people
 from train.faces import prepare_faces
 from train.train import DEFAULT_DETECTOR
 
@@ -62,11 +60,7 @@ def ceilings(genuine: Scores, impostor: Scores, at: tuple[int, ...] = (0, 1, 3, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    shared = Path(os.environ.get("ACCESSD_SHARED", "../shared"))
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--people", type=Path, required=True, help="pair list (or a run's state.json) naming the people")
-    p.add_argument("--data", type=Path, default=shared / "data/lfw")
+    p = people_test_parser(__doc__)
     p.add_argument("--cache-dir", type=Path, default=Path("cache"))
     p.add_argument("--draws", type=int, default=40)
     p.add_argument("--enrol", type=int, default=3)

@@ -163,12 +163,18 @@ def summarise(attempts: list[Attempt], outcomes: list[Outcome3]) -> dict[str, ob
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def people_test_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments of every test on unseen people: the model, whose photos, and where they are."""
     shared = Path(os.environ.get("ACCESSD_SHARED", "../shared"))
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--people", type=Path, required=True, help="pair list (or a run's state.json) naming the people")
     p.add_argument("--data", type=Path, default=shared / "data/lfw")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = people_test_parser(__doc__)
     p.add_argument("--config", type=Path, default=Path("config.yaml"), help="decision settings (defaults: config.yaml)")
     p.add_argument("--enrol", type=int, default=3)
     p.add_argument("--probes", type=int, default=5)
