@@ -86,6 +86,9 @@ class DecisionConfig:
     # ... and their quorum score (k-th best photo) everyone else's by this much, in
     # log-odds: with one photo per person the ratio is 0 or 1, and only this tells a look-alike.
     score_margin: float = 0.5
+    # ... and the face must score above this against the person's template (the mean of
+    # their photo embeddings); null: no template check.
+    template_threshold: float | None = None
     confirm_frames: int = 3  # K: frames that must agree ...
     confirm_window: int = 5  # ... among the last N frames with a face
     grant_cooldown_s: float = 5.0
@@ -195,6 +198,7 @@ _UNIT_INTERVAL = {
     "detector.min_confidence",
     "decision.detection_threshold",
     "decision.verification_threshold",
+    "decision.template_threshold",
     "decision.margin",
 }
 

@@ -38,6 +38,7 @@ class Thresholds:
     verification: float
     margin: float
     score_margin: float  # log-odds the best person's quorum score must beat every other person's by
+    template: float | None = None  # the face must also score above this against the person's template
 
 
 def log_odds(score: float) -> float:
@@ -45,12 +46,19 @@ def log_odds(score: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def score_faces(faces: list[Face], scores: Floats, gallery: Gallery, t: Thresholds) -> list[FaceResult]:
-    """One FaceResult per face from its row of pair scores against the whole gallery."""
+def score_faces(faces: list[Face], scores: Floats, gallery: Gallery, t: Thresholds,
+                template_scores: Floats | None = None) -> list[FaceResult]:
+    """One FaceResult per face from its row of pair scores against the whole gallery.
+
+    With `t.template` set, a verified person must also pass it against their
+    template (the mean of their photo embeddings, `template_scores`): one photo
+    that happens to resemble a stranger moves a mean of three far less than it
+    moves a vote among three (train/door_ceiling.py measures the difference).
+    """
     results = []
     n_people = len(gallery.people)
     photos = np.bincount(gallery.person_of, minlength=n_people).astype(np.float64)
-    for face, row in zip(faces, scores, strict=True):
+    for i, (face, row) in enumerate(zip(faces, scores, strict=True)):
         if n_people == 0:
             results.append(FaceResult(face, (), None))
             continue
@@ -66,6 +74,10 @@ def score_faces(faces: list[Face], scores: Floats, gallery: Gallery, t: Threshol
         )
         best = people[0]
         verified = best.ratio > t.verification
+        if verified and t.template is not None:
+            if template_scores is None:
+                raise ValueError("thresholds name a template threshold but no template scores were given")
+            verified = bool(template_scores[i, gallery.people.index(best.person)] > t.template)
         rival = None
         if verified and len(people) > 1:
             runner_up = people[1]

@@ -10,6 +10,7 @@ one log line naming it; the rest of the gallery stays usable.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -62,6 +63,21 @@ class Gallery:
 
     def __len__(self) -> int:
         return len(self.photos)
+
+    @functools.cached_property
+    def templates(self) -> Floats:
+        """P x D: each person's mean photo embedding (a template), in `people` order."""
+        if not self.people:
+            return np.zeros((0, self.embeddings.shape[1]), np.float32)
+        sums = np.zeros((len(self.people), self.embeddings.shape[1]), np.float64)
+        np.add.at(sums, self.person_of, self.embeddings)
+        counts = np.bincount(self.person_of, minlength=len(self.people))[:, None]
+        return (sums / np.maximum(counts, 1)).astype(np.float32)
+
+    @functools.cached_property
+    def photos_and_templates(self) -> Floats:
+        """(M + P) x D: what each face is scored against, built once per gallery, not per frame."""
+        return np.ascontiguousarray(np.concatenate([self.embeddings, self.templates]), np.float32)
 
     def counts(self) -> dict[str, int]:
         counts = np.bincount(self.person_of, minlength=len(self.people))

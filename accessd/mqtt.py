@@ -69,8 +69,9 @@ class MqttPublisher:
             self._problem(f"connection refused ({reason})")
             return
         self._last_problem = ""
-        self.connected.set()
+        # "online" is queued before anyone is told we are connected.
         client.publish(self.config.availability_topic, "online", qos=1, retain=True)
+        self.connected.set()
         log.info("MQTT connected to %s; decisions on %s", self.where, self.config.topic)
 
     def _on_disconnect(self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:

@@ -29,6 +29,7 @@ class FrameAnalysis:
     results: list[FaceResult]
     seconds: dict[str, float] = field(default_factory=dict)  # per stage: detect, embed
     scores: Floats | None = None  # faces x gallery photos pair scores (None without faces)
+    template_scores: Floats | None = None  # faces x people: scores against each person's template
 
 
 class Pipeline:
@@ -45,6 +46,7 @@ class Pipeline:
             verification=d.verification_threshold,
             margin=d.margin,
             score_margin=d.score_margin,
+            template=d.template_threshold,
         )
         # MediaPipe graphs are not documented as safe for concurrent calls, and galleries
         # are rebuilt on a worker thread while frames are analysed: one detector each.
@@ -87,10 +89,13 @@ class Pipeline:
         if not faces:
             return FrameAnalysis([], [], [], {"detect": t1 - t0})
         crops = [self.crop(image, f) for f in faces]
-        # All faces of the frame in one run, scored against the whole gallery.
-        _, scores = self.model.embed_and_score(np.stack(crops), gallery.embeddings)
-        results = score_faces(faces, scores, gallery, self.thresholds)
-        return FrameAnalysis(faces, crops, results, {"detect": t1 - t0, "embed": time.perf_counter() - t1}, scores)
+        # All faces of the frame in one run, scored against every photo and every person's template.
+        m = len(gallery)
+        _, both = self.model.embed_and_score(np.stack(crops), gallery.photos_and_templates)
+        scores, templates = both[:, :m], both[:, m:]
+        results = score_faces(faces, scores, gallery, self.thresholds, templates)
+        return FrameAnalysis(faces, crops, results, {"detect": t1 - t0, "embed": time.perf_counter() - t1}, scores,
+                             templates)
 
     def enrolment_problem(self, image: Image) -> str | None:
         """Why a photo could not be enrolled (no face, several), or None; off the frame loop."""

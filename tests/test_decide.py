@@ -179,3 +179,25 @@ def test_liveness_needs_a_second_of_natural_motion() -> None:
     assert "no natural face motion" in still_d[0].reason
     assert live_d and live_d[0].outcome is Outcome.GRANT
     assert live_d[0].ts >= 0.8  # waited for the window, not just K frames
+
+
+def test_template_check_refuses_a_vote_won_by_lucky_photos() -> None:
+    """Two of ann's three photos match, but the face is far from her template: refused."""
+    g = gallery(["ann", "ann", "ann", "bob"])
+    scores = np.array([[0.9, 0.8, 0.05, 0.1]], np.float32)
+    t = Thresholds(detection=0.5, verification=0.34, margin=0.2, score_margin=0.5, template=0.7)
+    (far,) = score_faces([FACE], scores, g, t, np.array([[0.4, 0.1]], np.float32))
+    assert far.candidate is None
+    (near,) = score_faces([FACE], scores, g, t, np.array([[0.8, 0.1]], np.float32))
+    assert near.candidate == "ann"
+    # Without a template threshold the vote alone decides, as before.
+    (off,) = score_faces([FACE], scores, g, Thresholds(0.5, 0.34, 0.2, 0.5))
+    assert off.candidate == "ann"
+
+
+def test_template_is_each_persons_mean_embedding() -> None:
+    g = Gallery(embeddings=np.array([[1, 0], [3, 0], [0, 5]], np.float32), person_of=np.array([0, 0, 1]),
+                people=("ann", "bob"), photos=tuple(Photo(p, Path(f"{i}.jpg"), str(i))
+                                                     for i, p in enumerate(["ann", "ann", "bob"])))
+    np.testing.assert_allclose(g.templates, [[2, 0], [0, 5]])
+    assert Gallery.empty(4).templates.shape == (0, 4)

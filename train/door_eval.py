@@ -53,7 +53,8 @@ from train.pairs import load_pairs
 class Attempt:
     person: str | None  # the enrolled person it is, None for a stranger
     photo: str
-    frames: list[tuple[list[Face], Floats | None]]  # per frame: the labelled face and its pair scores
+    # Per frame: the labelled face, its pair scores and its scores against each person's template.
+    frames: list[tuple[list[Face], Floats | None, Floats | None]]
     gallery: Gallery
 
 
@@ -84,8 +85,8 @@ def decide_attempt(attempt: Attempt, thresholds: Thresholds, pipeline: Pipeline,
     """(granted person, seconds to the grant, the first deny's reason) for one attempt."""
     dm = DecisionMaker(pipeline.config.decision, "door_eval")
     denied = None
-    for i, (faces, scores) in enumerate(attempt.frames):
-        results = score_faces(faces, scores, attempt.gallery, thresholds) if scores is not None else []
+    for i, (faces, scores, templates) in enumerate(attempt.frames):
+        results = score_faces(faces, scores, attempt.gallery, thresholds, templates) if scores is not None else []
         decision = dm.update(i, i / fps, results)
         if decision is None:
             continue
@@ -118,14 +119,14 @@ def draw(pipeline: Pipeline, photos: dict[str, list[str]], args: argparse.Namesp
 
 
 def labelled_face(pipeline: Pipeline, frame: Image, centre: tuple[float, float],
-                  gallery: Gallery) -> tuple[list[Face], Floats | None]:
+                  gallery: Gallery) -> tuple[list[Face], Floats | None, Floats | None]:
     """The frame through the daemon's pipeline, kept to the face nearest the held photo's centre."""
     a = pipeline.analyse(frame, gallery)
-    if not a.faces or a.scores is None:
-        return [], None
+    if not a.faces or a.scores is None or a.template_scores is None:
+        return [], None, None
     i = min(range(len(a.faces)),
             key=lambda j: (a.faces[j].center[0] - centre[0]) ** 2 + (a.faces[j].center[1] - centre[1]) ** 2)
-    return [a.faces[i]], a.scores[i : i + 1]
+    return [a.faces[i]], a.scores[i : i + 1], a.template_scores[i : i + 1]
 
 
 def read_people(path: Path) -> list[str]:
@@ -188,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="verification thresholds to sweep (default: the configured one)")
     p.add_argument("--score-margins", type=float, nargs="*",
                    help="score margins to sweep (default: the configured one)")
+    p.add_argument("--template-thresholds", type=float, nargs="*",
+                   help="template thresholds to sweep; a negative value means no template check "
+                        "(default: the configured one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--analysis-cache", type=Path,
                    help="keep the analysed frames here (pickle), so another sweep of thresholds skips the pipeline")
@@ -222,13 +226,16 @@ def main(argv: list[str] | None = None) -> int:
     default_t = pipeline.thresholds.detection
     grid = args.thresholds or [round(t, 2) for t in np.arange(0.30, 0.96, 0.05)]
     rows = []
+    templates = ([None if x < 0 else x for x in args.template_thresholds] if args.template_thresholds is not None
+                 else [d.template_threshold])
     for v in args.verifications or [d.verification_threshold]:
         for sm in args.score_margins or [d.score_margin]:
-            for t in sorted({*grid, round(default_t, 4)}):
-                th = Thresholds(float(t), v, d.margin, sm)
-                outcomes = [decide_attempt(a, th, pipeline, args.fps) for a in attempts]
-                rows.append({"detection_threshold": float(t), "verification_threshold": v, "score_margin": sm,
-                             **summarise(attempts, outcomes)})
+            for tt in templates:
+                for t in sorted({*grid, round(default_t, 4)}):
+                    th = Thresholds(float(t), v, d.margin, sm, tt)
+                    outcomes = [decide_attempt(a, th, pipeline, args.fps) for a in attempts]
+                    rows.append({"detection_threshold": float(t), "verification_threshold": v, "score_margin": sm,
+                                 "template_threshold": tt, **summarise(attempts, outcomes)})
     pipeline.close()
     report = {
         "model": str(args.model), "people_from": str(args.people), "enrolled_people": enrolled,
@@ -246,16 +253,19 @@ def main(argv: list[str] | None = None) -> int:
           f"attempts, each a photo held "
           f"{args.seconds} s at {args.fps:g} frames/s; confirm {d.confirm_frames} of {d.confirm_window}, "
           f"score_margin {d.score_margin}; model threshold {default_t:.3f}")
-    print("verif  margin  threshold  genuine granted  median s  max s  granted as someone else  strangers granted"
-          "  ambiguous")
+    print("verif  margin  template  threshold  genuine granted  median s  max s  granted as someone else"
+          "  strangers granted  ambiguous")
     for r in rows:
         default = (abs(r["detection_threshold"] - default_t) < 1e-9
                    and r["verification_threshold"] == d.verification_threshold
-                   and r["score_margin"] == d.score_margin)
+                   and r["score_margin"] == d.score_margin
+                   and r["template_threshold"] == d.template_threshold)
         mark = " *" if default else ""
         med = r["seconds_to_grant_median"]
         mx = r["seconds_to_grant_max"]
-        print(f"{r['verification_threshold']:5.2f}  {r['score_margin']:6.2f}  {r['detection_threshold']:9.3f}  "
+        tt = r["template_threshold"]
+        print(f"{r['verification_threshold']:5.2f}  {r['score_margin']:6.2f}  "
+              f"{'off' if tt is None else format(tt, '.2f'):>8s}  {r['detection_threshold']:9.3f}  "
               f"{r['genuine_granted']:4d}/{g} {r['genuine_granted_rate']:6.1%}  "
               f"{med if med is not None else float('nan'):8.2f}  {mx if mx is not None else float('nan'):5.2f}  "
               f"{r['granted_as_someone_else']:23d}  {r['strangers_granted']:8d}/{r['stranger_attempts']}"
