@@ -77,7 +77,7 @@ def score_faces(faces: list[Face], scores: Floats, gallery: Gallery, t: Threshol
         if verified and t.template is not None:
             if template_scores is None:
                 raise ValueError("thresholds name a template threshold but no template scores were given")
-            verified = bool(template_scores[i, gallery.people.index(best.person)] > t.template)
+            verified = bool(template_scores[i, order[0]] > t.template)  # people[0] is gallery.people[order[0]]
         rival = None
         if verified and len(people) > 1:
             runner_up = people[1]

@@ -15,6 +15,7 @@ from accessd.config import Config
 from accessd.decide import Thresholds, score_faces
 from accessd.detector import FaceDetector
 from accessd.gallery import EmbeddingCache, Gallery, cache_key, load_gallery, single_face
+from accessd.imageio import ImageError, read_image
 from accessd.model import SiameseModel
 from accessd.provision import model_path
 from accessd.types import Face, FaceResult, Floats, Image
@@ -97,12 +98,16 @@ class Pipeline:
         return FrameAnalysis(faces, crops, results, {"detect": t1 - t0, "embed": time.perf_counter() - t1}, scores,
                              templates)
 
-    def enrolment_problem(self, image: Image) -> str | None:
-        """Why a photo could not be enrolled (no face, several), or None; off the frame loop."""
+    def _side_detect(self, image: Image) -> list[Face]:
+        """Faces found off the frame loop (console, enrolment check): its own detector, one call at a time."""
         with self._side_lock:
             if self._side_detector is None:
                 self._side_detector = FaceDetector(self.detector.model_path, self.config.detector.min_confidence)
-            found = single_face(self._side_detector.detect(image))
+            return self._side_detector.detect(image)
+
+    def enrolment_problem(self, image: Image) -> str | None:
+        """Why a photo could not be enrolled (no face, several), or None; off the frame loop."""
+        found = single_face(self._side_detect(image))
         return found if isinstance(found, str) else None
 
     def gallery_scores(self, gallery: Gallery) -> Floats:
@@ -111,19 +116,13 @@ class Pipeline:
         Each photo is read, detected and cropped again (the gallery keeps only
         embeddings); a photo that no longer reads scores 0 against everything.
         """
-        from accessd.imageio import ImageError, read_image
-
         rows = np.zeros((len(gallery), len(gallery)), np.float32)
         for i, photo in enumerate(gallery.photos):
             try:
                 image = read_image(photo.path)
             except ImageError:
                 continue
-            with self._side_lock:
-                if self._side_detector is None:
-                    self._side_detector = FaceDetector(self.detector.model_path,
-                                                       self.config.detector.min_confidence)
-                face = single_face(self._side_detector.detect(image))
+            face = single_face(self._side_detect(image))
             if isinstance(face, str):
                 continue
             _, scores = self.model.embed_and_score(self.crop(image, face)[None], gallery.embeddings)
@@ -133,17 +132,14 @@ class Pipeline:
     def compare(self, a: Image, b: Image) -> float:
         """The pair score of two photos' largest faces, off the frame loop (its own detector).
 
-        Raises ValueError naming the photo ("a" or "b") that shows no face.
+        Raises ImageError naming the photo ("photo a" or "photo b") that shows no face.
         """
-        with self._side_lock:
-            if self._side_detector is None:
-                self._side_detector = FaceDetector(self.detector.model_path, self.config.detector.min_confidence)
-            crops = []
-            for name, image in (("a", a), ("b", b)):
-                face = largest(self._side_detector.detect(image))
-                if face is None:
-                    raise ValueError(f"photo {name}: no face found")
-                crops.append(self.crop(image, face))
+        crops = []
+        for name, image in (("photo a", a), ("photo b", b)):
+            face = largest(self._side_detect(image))
+            if face is None:
+                raise ImageError(f"{name}: no face found")
+            crops.append(self.crop(image, face))
         return self.model.score_pair(crops[0], crops[1])
 
     def close(self) -> None:
