@@ -50,7 +50,8 @@ def start_console(daemon: Daemon) -> WebServer | None:
         t = daemon.pipeline.thresholds
         d = daemon.config.decision
         return {"detection_threshold": t.detection, "verification_threshold": t.verification,
-                "margin": t.margin, "score_margin": t.score_margin, "confirm_frames": d.confirm_frames,
+                "margin": t.margin, "score_margin": t.score_margin, "template_threshold": t.template,
+                "confirm_frames": d.confirm_frames,
                 "confirm_window": d.confirm_window, "lockout_denies": d.lockout_denies, "lockout_s": d.lockout_s,
                 "liveness_check": d.liveness_check}
 

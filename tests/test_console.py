@@ -414,7 +414,7 @@ def test_in_the_browser_enrol_from_a_refused_snapshot_then_delete_then_upload(do
     tab("verify")
     shoot(browser, "verify")
     tab("settings")
-    wait("the settings", lambda: "detection_threshold" in browser.find_element(By.ID, "settings-list").text)
+    wait("the settings", lambda: "template_threshold" in browser.find_element(By.ID, "settings-list").text)
     shoot(browser, "thresholds")
     changes = [(r["action"], r["person"]) for r in door.records() if r.get("event") == "enrolment"]
     assert changes[-3:] == [("enrol_from_snapshot", "Donald"), ("delete_photo", "Donald"), ("add_photo", "Donald")]
