@@ -23,6 +23,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from accessd.config import ActionsConfig, ConfigError, HookConfig, WebhookConfig, read_credential
@@ -72,28 +73,34 @@ class Actions:
                 futures.append(self._submit(f"webhook {safe_url(webhook.url)}", post_webhook, webhook, record, token))
         return [f for f in futures if f is not None]
 
-    def _submit(self, name: str, fn: object, *args: object) -> Future[bool] | None:
+    def _submit(self, name: str, fn: Callable[..., bool], *args: object) -> Future[bool] | None:
         with self._lock:
             if self._pending >= self.config.max_concurrent * 4:
                 self.failures += 1
                 log.error("%s dropped: %d actions still pending (hung hooks?)", name, self._pending)
                 return None
             self._pending += 1
-        future: Future[bool] = self._pool.submit(fn, *args)  # type: ignore[arg-type]
-        future.add_done_callback(lambda f: self._done(name, f))
-        return future
+        return self._pool.submit(self._counted, name, fn, *args)
 
-    def _done(self, name: str, future: Future[bool]) -> None:
-        with self._lock:
-            self._pending -= 1
-            ok = future.exception() is None and future.result()
-            if not ok:
-                self.failures += 1
-        if future.exception() is not None:
-            log.error("%s crashed: %r", name, future.exception())
+    def _counted(self, name: str, fn: Callable[..., bool], *args: object) -> bool:
+        """Run one action; its failure is counted before its future completes, so a caller
+        that waited on the future reads the count it caused (a done-callback came after)."""
+        ok = False
+        try:
+            ok = fn(*args)
+        except Exception:
+            log.exception("%s crashed", name)
+        finally:
+            with self._lock:
+                self._pending -= 1
+                if not ok:
+                    self.failures += 1
+        return ok
 
     def close(self, wait: bool = True) -> None:
-        self._pool.shutdown(wait=wait, cancel_futures=not wait)
+        """Stop taking actions. Queued ones still run (each was audited before it was fired: a
+        grant's hook must not vanish in a SIGHUP reload); `wait` blocks until they have."""
+        self._pool.shutdown(wait=wait, cancel_futures=False)
 
 
 def run_hook(hook: HookConfig, env_extra: dict[str, str]) -> bool:

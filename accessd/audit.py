@@ -28,6 +28,9 @@ class AuditError(OSError):
 
 class AuditLog:
     def __init__(self, path: Path, snapshots_dir: Path | None = None, max_bytes: int = 0, keep: int = 5) -> None:
+        if keep < 1 or max_bytes < 0:
+            raise ValueError(f"audit log {path}: keep must be at least 1 and max_bytes not negative "
+                             f"(got keep={keep}, max_bytes={max_bytes})")
         self.path = path
         self.snapshots_dir = snapshots_dir
         self.max_bytes = max_bytes
@@ -56,7 +59,17 @@ class AuditLog:
         if self._fd is None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                created = not self.path.exists()
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                if created:
+                    # A new file's name lives in its folder: fsync that too, or a power cut
+                    # can lose the whole file with the records fsynced into it.
+                    try:
+                        _fsync_dir(self.path.parent)
+                    except OSError:
+                        os.close(fd)
+                        raise
+                self._fd = fd
             except OSError as exc:
                 raise AuditError(f"audit log {self.path}: {exc.strerror or exc}") from exc
         return self._fd
@@ -76,10 +89,9 @@ class AuditLog:
             older = self.path.with_name(f"{self.path.name}.{i}")
             if older.exists():
                 older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
-        if self.keep > 0:
-            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
-        else:
-            self.path.unlink()
+        # `keep` is at least 1 (config refuses less): the current file is never deleted, only renamed.
+        self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        _fsync_dir(self.path.parent)
 
     def snapshot(self, decision: Decision, crop: Image | None) -> str | None:
         if self.snapshots_dir is None or crop is None:
@@ -122,3 +134,11 @@ class AuditLog:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -11,6 +11,7 @@ Secrets never come from YAML: they are read from files in
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import types
 import typing
@@ -31,15 +32,56 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values a numeric key accepts; `_check_ranges` names the key and value outside it."""
+
+    lo: float | None = None
+    hi: float | None = None
+    above: bool = False  # lo itself is refused (a timeout of 0 s, a window of 0 s)
+    or_zero: bool = False  # 0 is accepted too, meaning "off"
+    what: str = ""  # the message, where a plain range says less ("a TCP port, 1-65535")
+
+    def problem(self, value: float) -> str | None:
+        if self.or_zero and value == 0:
+            return None
+        low = self.lo is not None and (value <= self.lo if self.above else value < self.lo)
+        if not low and (self.hi is None or value <= self.hi):
+            return None
+        if self.what:
+            return f"must be {self.what}"
+        if self.or_zero:
+            return f"must be 0 (off) or at least {_num(self.lo or 0)}"
+        if self.lo is not None and self.hi is not None:
+            return f"must be between {_num(self.lo)} and {_num(self.hi)}"
+        lo = self.lo if self.lo is not None else 0.0
+        if self.above:
+            return "must be positive" if lo == 0 else f"must be above {_num(lo)}"
+        return "must not be negative" if lo == 0 else f"must be at least {_num(lo)}"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _in(default: Any, lo: float | None = None, hi: float | None = None, *, above: bool = False,
+        or_zero: bool = False, what: str = "") -> Any:
+    """A numeric field with its default and accepted range (every numeric key has one; a test checks)."""
+    return field(default=default, metadata={"range": Range(lo, hi, above, or_zero, what)})
+
+
+_PORT = "a TCP port, 0-65535 (0 disables it)"
+
+
+@dataclass(frozen=True)
 class SourceConfig:
     # Camera index ("0"), video file path, or rtsp:// / http:// URL.
     uri: str = "0"
-    width: int = 0  # requested capture size for cameras; 0 keeps the camera's default
-    height: int = 0
-    reconnect_initial_s: float = 0.5
-    reconnect_max_s: float = 30.0
+    width: int = _in(0, 0, 16384)  # requested capture size for cameras; 0 keeps the camera's default
+    height: int = _in(0, 0, 16384)
+    reconnect_initial_s: float = _in(0.5, 0.0, above=True)
+    reconnect_max_s: float = _in(30.0, 0.0, above=True)
     # A stream that sends nothing for this long is treated as dropped and reopened.
-    stall_timeout_s: float = 10.0
+    stall_timeout_s: float = _in(10.0, 0.0, above=True)
     # Name of a file in $CREDENTIALS_DIRECTORY holding the stream's password, for a uri
     # with a user and no password (rtsp://admin@camera/stream). Logs, the audit log and
     # hooks show the uri without a password either way.
@@ -52,16 +94,16 @@ class DetectorConfig:
     # door camera); short_range misses most of them and suits selfie distance.
     model: Literal["full_range", "short_range"] = "full_range"
     models_dir: Path = Path("models/detector")
-    min_confidence: float = 0.6
-    max_faces: int = 4  # the largest faces are verified; more in one frame are ignored
-    min_face_px: int = 40  # smaller faces are too far away to verify reliably
+    min_confidence: float = _in(0.6, 0.0, 1.0)
+    max_faces: int = _in(4, 1, 64)  # the largest faces are verified; more in one frame are ignored
+    min_face_px: int = _in(40, 1)  # smaller faces are too far away to verify reliably
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     path: Path = Path("models/accessd-resnet.onnx")
     providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
-    threads: int = 0  # ONNX Runtime intra-op threads; 0 lets it pick
+    threads: int = _in(0, 0, 256)  # ONNX Runtime intra-op threads; 0 lets it pick
 
 
 @dataclass(frozen=True)
@@ -75,55 +117,58 @@ class GalleryConfig:
 class DecisionConfig:
     # A (face, photo) pair matches when its score is above this; null takes the
     # threshold stored in the model file at export.
-    detection_threshold: float | None = None
+    detection_threshold: float | None = _in(None, 0.0, 1.0)
     # A person is verified when the fraction of their photos that match is above this:
     # 1 of 1, 2 of 3, 4 of 10 at 0.34. Chosen with the shipped model per door attempt on
     # held-out people (train/README.md): the most enrolled people let in with no
     # stranger in 2,400 attempts; 0.3 (1 of 3) let 5 in, 0.5 fewer of the enrolled.
-    verification_threshold: float = 0.34
+    verification_threshold: float = _in(0.34, 0.0, 1.0)
     # The best person's ratio must beat the runner-up's by this much (look-alikes are denied).
-    margin: float = 0.2
+    margin: float = _in(0.2, 0.0, 1.0)
     # ... and their quorum score (k-th best photo) everyone else's by this much, in
     # log-odds: with one photo per person the ratio is 0 or 1, and only this tells a look-alike.
-    score_margin: float = 0.5
+    score_margin: float = _in(0.5, 0.0)
     # ... and the face must score above this against the person's template (the mean of
     # their photo embeddings); null: no template check. Chosen with the model's 0.6 per
     # door attempt on held-out people (train/README.md): 88 % of genuine attempts, no
     # stranger in 2,400; without it 0.6 let one in, and 0.65 alone granted 84 %.
-    template_threshold: float | None = 0.65
-    confirm_frames: int = 3  # K: frames that must agree ...
-    confirm_window: int = 5  # ... among the last N frames with a face
-    grant_cooldown_s: float = 5.0
-    deny_interval_s: float = 10.0  # at most one deny event per interval
+    template_threshold: float | None = _in(0.65, 0.0, 1.0)
+    confirm_frames: int = _in(3, 1, 100)  # K: frames that must agree ...
+    confirm_window: int = _in(5, 1, 100)  # ... among the last N frames with a face ...
+    # ... all seen within this long: after a camera stall or a gap in the frames, nothing
+    # seen before it votes (a grant on the first frame after a stall once let in an empty corridor).
+    confirm_max_age_s: float = _in(2.0, 0.0, 60.0, above=True)
+    grant_cooldown_s: float = _in(5.0, 0.0)
+    deny_interval_s: float = _in(10.0, 0.0)  # at most one deny event per interval
     # After this many denies within lockout_window_s, no one is granted for lockout_s
     # (someone trying faces or photos at the door); 0 disables the lockout.
-    lockout_denies: int = 5
-    lockout_window_s: float = 120.0
-    lockout_s: float = 300.0
+    lockout_denies: int = _in(5, 0)
+    lockout_window_s: float = _in(120.0, 0.0, above=True)
+    lockout_s: float = _in(300.0, 0.0)
     # Presentation-attack check, off until proven on real camera footage: a grant
     # needs the face's landmarks to move relative to its box over the last
     # liveness_window_s. Stops a still photo held to the camera; not a photo moved
     # by hand, bent or tilted, nor a screen playing a video.
     liveness_check: bool = False
-    liveness_window_s: float = 1.0
+    liveness_window_s: float = _in(1.0, 0.0, 60.0, above=True)
     # Range of box-relative keypoints over the window: a re-encoded still frame
     # jitters by up to 0.0074, the live webcam recording moves by 0.039 or more.
-    liveness_min_motion: float = 0.02
+    liveness_min_motion: float = _in(0.02, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
 class HookConfig:
     argv: tuple[str, ...] = ()
     on: tuple[Literal["grant", "deny"], ...] = ("grant",)
-    timeout_s: float = 5.0
+    timeout_s: float = _in(5.0, 0.0, 3600.0, above=True)
 
 
 @dataclass(frozen=True)
 class WebhookConfig:
     url: str = ""
     on: tuple[Literal["grant", "deny"], ...] = ("grant", "deny")
-    timeout_s: float = 3.0
-    retries: int = 2
+    timeout_s: float = _in(3.0, 0.0, 600.0, above=True)
+    retries: int = _in(2, 0, 10)
     # Name of a file in $CREDENTIALS_DIRECTORY holding a bearer token.
     token_credential: str | None = None
 
@@ -132,21 +177,23 @@ class WebhookConfig:
 class ActionsConfig:
     hooks: tuple[HookConfig, ...] = ()
     webhooks: tuple[WebhookConfig, ...] = ()
-    max_concurrent: int = 4
+    max_concurrent: int = _in(4, 1, 64)
 
 
 @dataclass(frozen=True)
 class AuditConfig:
     path: Path = Path("state/audit.jsonl")
     snapshots_dir: Path | None = None  # a JPEG of the face per decision when set
-    max_bytes: int = 50_000_000  # rotate the log past this size ...
-    keep: int = 5  # ... keeping this many old files (audit.jsonl.1 is the newest)
+    # Rotate the log past this size (0: never). Not below 10 kB: a size under one record
+    # (or negative) rotated on every record, and `keep` old files were then all the history.
+    max_bytes: int = _in(50_000_000, 10_000, or_zero=True)
+    keep: int = _in(5, 1, 1000)  # ... keeping this many old files (audit.jsonl.1 is the newest)
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
     host: str = "127.0.0.1"  # Prometheus endpoint; keep it on loopback unless a scraper needs it
-    port: int = 9464  # 0 disables the endpoint
+    port: int = _in(9464, 0, 65535, what=_PORT)  # 0 disables the endpoint
 
 
 @dataclass(frozen=True)
@@ -154,18 +201,26 @@ class WebConfig:
     """The console: a local web page and JSON API served by the daemon (accessd/console.py)."""
 
     host: str = "127.0.0.1"  # loopback: reach it through an SSH tunnel or a reverse proxy
-    port: int = 8080  # 0 disables the console
+    port: int = _in(8080, 0, 65535, what=_PORT)  # 0 disables the console
     # Name of a file in $CREDENTIALS_DIRECTORY holding the console password. Without
     # one the console does not start (the door keeps working): nothing is served unauthenticated.
     password_credential: str | None = None
-    session_hours: float = 12.0  # a browser login lasts this long
-    max_upload_bytes: int = 10_000_000  # larger uploads are refused with 413
+    # Name of a file in $CREDENTIALS_DIRECTORY holding the API token for scripts
+    # (`Authorization: Bearer <token>`), 32 characters or more: long and random, unlike a
+    # password a person types. Without one the API takes the browser's login cookie only.
+    api_token_credential: str | None = None
+    # The address of a reverse proxy (TLS in front of the console) whose X-Forwarded-For,
+    # -Proto and -Host are believed: the client's address for the login limit and the
+    # audit log, and https:// for the Origin check. Anyone else's are ignored.
+    trusted_proxy: str | None = None
+    session_hours: float = _in(12.0, 0.0, 24.0 * 365, above=True)  # a browser login lasts this long
+    max_upload_bytes: int = _in(10_000_000, 1, 100_000_000)  # larger uploads are refused with 413
 
 
 @dataclass(frozen=True)
 class MqttConfig:
     host: str = ""  # broker host name; empty disables MQTT
-    port: int = 1883  # 8883 is the usual port with tls
+    port: int = _in(1883, 1, 65535, what="a TCP port, 1-65535")  # 8883 is the usual port with tls
     topic: str = "accessd/decision"  # each decision as JSON (its audit record)
     # Retained "online"/"offline"; "offline" is also the last will, sent by the broker if we die.
     availability_topic: str = "accessd/availability"
@@ -176,7 +231,7 @@ class MqttConfig:
     password_credential: str | None = None
     tls: bool = False
     ca_file: Path | None = None  # CA bundle that signed the broker's certificate; null: the system's
-    keepalive_s: int = 30
+    keepalive_s: int = _in(30, 5, 3600)
 
 
 @dataclass(frozen=True)
@@ -193,16 +248,6 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     state_dir: Path = Path("state")  # caches (gallery embeddings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-
-
-# Keys whose values must lie in [0, 1].
-_UNIT_INTERVAL = {
-    "detector.min_confidence",
-    "decision.detection_threshold",
-    "decision.verification_threshold",
-    "decision.template_threshold",
-    "decision.margin",
-}
 
 
 def _convert(tp: Any, value: Any, key: str, problems: list[str], base: Path) -> Any:
@@ -273,10 +318,11 @@ def _build(cls: Any, data: Any, prefix: str, problems: list[str], base: Path) ->
             value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             if isinstance(value, Path) and not value.is_absolute():
                 value = base / value
-        if key in _UNIT_INTERVAL and isinstance(value, float) and not 0.0 <= value <= 1.0:
-            problems.append(f"{key}: must be between 0 and 1 (got {value!r})")
-        if key == "decision.score_margin" and isinstance(value, float) and value < 0:
-            problems.append(f"{key}: must not be negative (got {value!r})")
+        rng = f.metadata.get("range")
+        if rng is not None and isinstance(value, int | float) and not isinstance(value, bool):
+            problem = rng.problem(value)
+            if problem is not None:
+                problems.append(f"{key}: {problem} (got {value!r})")
         kwargs[f.name] = value
     obj = cls(**kwargs)
     _check_ranges(obj, prefix, problems)
@@ -287,14 +333,8 @@ def _check_ranges(obj: Any, prefix: str, problems: list[str]) -> None:
     def key(name: str) -> str:
         return f"{prefix}.{name}" if prefix else name
 
-    if isinstance(obj, DecisionConfig):
-        if isinstance(obj.confirm_frames, int) and obj.confirm_frames < 1:
-            problems.append(f"{key('confirm_frames')}: must be at least 1 (got {obj.confirm_frames!r})")
-        if (
-            isinstance(obj.confirm_frames, int)
-            and isinstance(obj.confirm_window, int)
-            and obj.confirm_window < obj.confirm_frames
-        ):
+    if isinstance(obj, DecisionConfig) and _numbers(obj.confirm_frames, obj.confirm_window):
+        if obj.confirm_window < obj.confirm_frames:
             problems.append(
                 f"{key('confirm_window')}: must be at least confirm_frames (got {obj.confirm_window!r})"
             )
@@ -308,26 +348,23 @@ def _check_ranges(obj: Any, prefix: str, problems: list[str]) -> None:
                             f"(rtsp://user@host/...; got {obj.uri!r})")
     if isinstance(obj, MqttConfig):
         _check_mqtt(obj, key, problems)
-    if isinstance(obj, WebConfig):
-        if isinstance(obj.port, int) and not 0 <= obj.port < 65536:
-            problems.append(f"{key('port')}: must be a TCP port, 0-65535 (got {obj.port!r})")
-        if isinstance(obj.max_upload_bytes, int) and obj.max_upload_bytes < 1:
-            problems.append(f"{key('max_upload_bytes')}: must be at least 1 (got {obj.max_upload_bytes!r})")
-        if isinstance(obj.session_hours, float) and obj.session_hours <= 0:
-            problems.append(f"{key('session_hours')}: must be positive (got {obj.session_hours!r})")
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if (
-            f.name.endswith(("_s", "timeout_s"))
-            and isinstance(value, float)
-            and value < 0
-        ):
-            problems.append(f"{key(f.name)}: must not be negative (got {value!r})")
+    if isinstance(obj, WebConfig) and obj.trusted_proxy is not None:
+        try:
+            ipaddress.ip_address(str(obj.trusted_proxy))
+        except ValueError:
+            problems.append(f"{key('trusted_proxy')}: must be an IP address (got {obj.trusted_proxy!r})")
+    if isinstance(obj, SourceConfig) and _numbers(obj.reconnect_initial_s, obj.reconnect_max_s):
+        if obj.reconnect_max_s < obj.reconnect_initial_s:
+            problems.append(f"{key('reconnect_max_s')}: must be at least reconnect_initial_s "
+                            f"(got {obj.reconnect_max_s!r})")
+
+
+def _numbers(*values: object) -> bool:
+    """True when every value is a number: a wrong type was already reported, don't compare it."""
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
 
 
 def _check_mqtt(obj: MqttConfig, key: Callable[[str], str], problems: list[str]) -> None:
-    if isinstance(obj.port, int) and not 0 < obj.port < 65536:
-        problems.append(f"{key('port')}: must be a TCP port, 1-65535 (got {obj.port!r})")
     for name in ("topic", "availability_topic"):
         topic = getattr(obj, name)
         if isinstance(topic, str) and (not topic or "#" in topic or "+" in topic):
@@ -336,8 +373,6 @@ def _check_mqtt(obj: MqttConfig, key: Callable[[str], str], problems: list[str])
         problems.append(f"{key('password_credential')}: needs {key('username')}")
     if obj.ca_file is not None and not obj.tls:
         problems.append(f"{key('ca_file')}: needs {key('tls')}: true")
-    if isinstance(obj.keepalive_s, int) and obj.keepalive_s < 5:
-        problems.append(f"{key('keepalive_s')}: must be at least 5 (got {obj.keepalive_s!r})")
 
 
 def parse_config(data: Any, base: Path, source: str = "config") -> Config:

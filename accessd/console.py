@@ -2,12 +2,16 @@
 
 Authentication comes first: every route but the login form needs either a
 session cookie from a password login (HttpOnly, SameSite=Strict, expiring) or
-`Authorization: Bearer <password>`. State-changing requests made with the
-cookie also need the session's CSRF token in `X-CSRF-Token` and, when the
-browser sends one, an `Origin` matching the host: a page on another site can
-neither read nor forge them. Bearer requests carry no ambient credential, so
-they need neither. Failed logins are limited per client address. The
-password is never logged.
+`Authorization: Bearer <API token>` (a separate, long random credential; the
+password a person types is never a bearer token). State-changing requests
+made with the cookie also need the session's CSRF token in `X-CSRF-Token` and,
+when the browser sends one, an `Origin` matching the host: a page on another
+site can neither read nor forge them. Bearer requests carry no ambient
+credential, so they need neither. Wrong passwords and wrong bearer tokens
+count in one limit per client address; past it, that address gets 429 for
+either. Behind a trusted reverse proxy the client's address, scheme and host
+come from its X-Forwarded-* headers (waitress applies them, webserver.py);
+from anyone else those headers are dropped. Secrets are never logged.
 
 The app only reads the door's state (`DoorView`, the audit log, the gallery
 snapshot) and asks for changes through `Enrolment`, which writes the gallery
@@ -18,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
-import json
 import logging
 import secrets
 import threading
@@ -31,6 +34,7 @@ from typing import Any
 
 from flask import Flask, Response, abort, jsonify, redirect, request, send_file, session
 
+from accessd.auditread import newest_first
 from accessd.config import WebConfig
 from accessd.doorview import DoorView, draw
 from accessd.enrolment import Enrolment, EnrolmentError, check_name
@@ -39,7 +43,7 @@ from accessd.imageio import ImageError
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
-LOGIN_FAILURES = 5  # per client address ...
+LOGIN_FAILURES = 5  # wrong passwords or bearer tokens per client address ...
 LOGIN_WINDOW_S = 60.0  # ... within this long, then 429 until the window passes
 
 
@@ -72,7 +76,7 @@ class _Limiter:
             self._fails[client].append(time.monotonic())
 
 
-def create_app(backend: Backend, password: str, web: WebConfig) -> Flask:
+def create_app(backend: Backend, password: str, web: WebConfig, api_token: str | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)
     app.config.update(
         SECRET_KEY=secrets.token_bytes(32),  # per process: a restart logs everyone out
@@ -84,13 +88,17 @@ def create_app(backend: Backend, password: str, web: WebConfig) -> Flask:
     )
     limiter = _Limiter()
     expected = password.encode()
+    token = api_token.encode() if api_token else None
 
     def client() -> str:
         return str(request.remote_addr or "?")
 
-    def bearer_ok() -> bool:
+    def bearer() -> bool | None:
+        """None without a bearer header; else whether it holds the API token."""
         header = request.headers.get("Authorization", "")
-        return header.startswith("Bearer ") and hmac.compare_digest(header[7:].encode(), expected)
+        if not header.startswith("Bearer "):
+            return None
+        return token is not None and hmac.compare_digest(header[7:].encode(), token)
 
     def session_ok() -> bool:
         return bool(session.get("auth")) and float(session.get("exp", 0)) > time.time()
@@ -109,11 +117,19 @@ def create_app(backend: Backend, password: str, web: WebConfig) -> Flask:
     def authenticate() -> Response | None:
         if request.endpoint in ("login_form", "login", "stylesheet"):  # what the login form itself needs
             return None
-        if bearer_ok():
-            return None
+        given = bearer()
+        if given is not None:
+            # A guess like a wrong password: counted, and refused outright once over the limit.
+            if limiter.blocked(client()):
+                return _error(f"too many failed attempts; wait {LOGIN_WINDOW_S:.0f} s", 429)
+            if given:
+                return None
+            limiter.failed(client())
+            log.warning("console: wrong bearer token from %s", client())
+            return _error("wrong bearer token", 401)
         if not session_ok():
             if request.path.startswith("/api/"):
-                return _error("authentication required: log in, or send Authorization: Bearer", 401)
+                return _error("authentication required: log in, or send Authorization: Bearer <API token>", 401)
             return redirect("/login")  # type: ignore[return-value]
         if request.method not in ("GET", "HEAD"):
             origin = request.headers.get("Origin")
@@ -239,13 +255,24 @@ def create_app(backend: Backend, password: str, web: WebConfig) -> Flask:
         outcome = request.args.get("outcome") or None
         person = request.args.get("person") or None
         since = request.args.get("since") or None
-        rows = [r for r in _read_audit(backend.audit_path)
-                if "decision" in r
-                and (outcome is None or r.get("decision") == outcome)
-                and (person is None or person in (r.get("person"), r.get("closest")))
-                and (since is None or str(r.get("ts", "")) >= since)]
-        rows.reverse()  # newest first
-        return jsonify(total=len(rows), decisions=rows[offset: offset + limit])
+        rows: list[dict[str, Any]] = []
+        more = False
+        skipped = 0
+        # Newest first from the end of the file, stopping once the page (and one more) is found.
+        for r in newest_first(backend.audit_path):
+            if since is not None and str(r.get("ts", "")) < since:
+                break  # records are in time order: everything further back is older still
+            if ("decision" not in r or (outcome is not None and r.get("decision") != outcome)
+                    or (person is not None and person not in (r.get("person"), r.get("closest")))):
+                continue
+            if skipped < offset:
+                skipped += 1
+            elif len(rows) < limit:
+                rows.append(r)
+            else:
+                more = True
+                break
+        return jsonify(decisions=rows, more=more)
 
     @app.get("/api/snapshots/<snapshot_id>")
     def snapshot(snapshot_id: str) -> Response:
@@ -351,20 +378,3 @@ def _snapshot_path(backend: Backend, snapshot_id: str) -> Path | None:
         return None
     path = backend.snapshots_dir / f"{snapshot_id}.jpg"
     return path if path.is_file() and not path.is_symlink() else None
-
-
-def _read_audit(path: Path) -> list[dict[str, Any]]:
-    """The current audit file's records, oldest first (rotated files are not read)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return []
-    rows = []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line being written right now
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows

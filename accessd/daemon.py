@@ -7,13 +7,16 @@ detector, model, gallery) yields no grant. It is logged, counted in
 
 from __future__ import annotations
 
+import enum
 import logging
+import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -39,6 +42,20 @@ from accessd.webconsole import start_console
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 5.0
+
+
+class Swap(enum.IntEnum):
+    """What a finished background job replaced, in rising order of what the decider must forget."""
+
+    NONE = 0
+    GALLERY = 1
+    CONFIG = 2
+
+
+@dataclass(frozen=True)
+class _Revocation:
+    paths: frozenset[Path]  # resolved
+    applied: threading.Event
 
 
 @dataclass
@@ -110,6 +127,13 @@ class Daemon:
         self.view = DoorView()  # what the console reads; the loop only swaps references in it
         self.console: Any = None
         self._decider: DecisionMaker | None = None
+        # Photos the console removed, applied by the frame loop before its next frame. A
+        # gallery scanned before a removal may still hold them, so each removal is kept
+        # (numbered) until a gallery scanned after it is swapped in.
+        self._revocations: queue.SimpleQueue[_Revocation] = queue.SimpleQueue()
+        self._revoked: list[tuple[int, frozenset[Path]]] = []
+        self._revoke_seq = 0
+        self._reload_seq = 0
         self._gallery_metrics()
 
     def _gallery_metrics(self) -> None:
@@ -137,6 +161,7 @@ class Daemon:
         self._decider = decider
         self._update_view(source)
         self.notifier.ready(self._status(source))
+        reconnects = getattr(source, "reconnects", 0)
         try:
             while not stop.is_set():
                 if max_frames and self.stats.frames >= max_frames:
@@ -147,14 +172,24 @@ class Daemon:
                 if self.reload_requested.is_set():
                     self._start_reload()
                 self._maybe_reload_gallery()
-                if self._apply_finished():
-                    decider = self._decider = DecisionMaker(self.config.decision, source.name)
+                swapped = self._apply_finished()
+                if swapped is Swap.CONFIG:
+                    # The new thresholds judge afresh; a lockout and cooldowns carry over.
+                    fresh = DecisionMaker(self.config.decision, source.name)
+                    fresh.carry_over(decider)
+                    decider = self._decider = fresh
+                elif swapped is Swap.GALLERY:
+                    decider.reset()  # who is enrolled changed: nothing seen before votes
+                self._apply_revocations(decider)
                 t0 = time.perf_counter()
                 frame = source.read(timeout=0.5)
                 if frame is None:
                     if source.finished:
                         break
                     continue
+                if getattr(source, "reconnects", 0) != reconnects:
+                    reconnects = getattr(source, "reconnects", 0)
+                    decider.reset()  # a new connection: the frames before the outage say nothing now
                 self.metrics.stage_seconds.labels("capture").observe(time.perf_counter() - t0)
                 self._process(frame, decider, source)
         finally:
@@ -270,19 +305,52 @@ class Daemon:
             self.notifier.send("READY=1")
             return
         self._reloading = True
+        self._reload_seq = self._revoke_seq
         self.worker.submit("reload", partial(rebuild, self._parts(), config, self._cancel))
+
+    def revoke(self, paths: Iterable[Path], timeout: float = 2.0) -> bool:
+        """Take photos out of use before the next frame (the console calls this after removing them).
+
+        True once the frame loop has applied it; False if it did not within `timeout`
+        (it still will, at its next turn).
+        """
+        r = _Revocation(frozenset(p.resolve() for p in paths), threading.Event())
+        self._revocations.put(r)
+        return r.applied.wait(timeout)
+
+    def _apply_revocations(self, decider: DecisionMaker) -> None:
+        while True:
+            try:
+                r = self._revocations.get_nowait()
+            except queue.Empty:
+                return
+            self._revoke_seq += 1
+            self._revoked.append((self._revoke_seq, r.paths))
+            self.gallery = self.gallery.without(r.paths)
+            self._gallery_metrics()
+            decider.reset()
+            r.applied.set()
+            log.info("revoked %d photo(s) before the next frame", len(r.paths))
+
+    def _still_revoked(self, gallery: Gallery, scanned_at: int) -> Gallery:
+        """`gallery` less the photos removed after its scan began (numbered past `scanned_at`)."""
+        self._revoked = [(n, paths) for n, paths in self._revoked if n > scanned_at]
+        for _, paths in self._revoked:
+            gallery = gallery.without(paths)
+        return gallery
 
     def _maybe_reload_gallery(self) -> None:
         # Not while a reload is being built: it rescans the gallery itself, and a job here
         # would still be using the pipeline that the reload retires. The watcher keeps the
         # change flagged, so a photo added meanwhile is picked up right after the swap.
         if not self._reloading and self.watcher.changed():
-            pipeline = self.pipeline
-            self.worker.submit("gallery", lambda: (pipeline, pipeline.load_gallery(cancel=self._cancel)))
+            pipeline, scanned_at = self.pipeline, self._revoke_seq
+            self.worker.submit("gallery",
+                               lambda: (pipeline, pipeline.load_gallery(cancel=self._cancel), scanned_at))
 
-    def _apply_finished(self) -> bool:
-        """Swap in what the worker built; True when the configuration changed."""
-        reloaded = False
+    def _apply_finished(self) -> Swap:
+        """Swap in what the worker built; what changed (a config swap includes its gallery)."""
+        swapped = Swap.NONE
         for done in self.worker.finished():
             if isinstance(done.error, LoadCancelled):
                 continue
@@ -291,8 +359,9 @@ class Daemon:
                     self.stats.errors += 1
                     log.error("gallery reload failed; keeping the previous gallery", exc_info=done.error)
                 elif done.result[0] is self.pipeline:  # else built for a pipeline a reload replaced
-                    self.gallery = done.result[1]
+                    self.gallery = self._still_revoked(done.result[1], done.result[2])
                     self._gallery_metrics()
+                    swapped = max(swapped, Swap.GALLERY)
             elif done.name == "reload":
                 self._reloading = False
                 self.notifier.send("READY=1")
@@ -301,7 +370,8 @@ class Daemon:
                     continue
                 new: Parts = done.result
                 retire(self._parts(), new)
-                self.config, self.pipeline, self.gallery = new.config, new.pipeline, new.gallery
+                self.config, self.pipeline = new.config, new.pipeline
+                self.gallery = self._still_revoked(new.gallery, self._reload_seq)
                 self.audit, self.actions, self.mqtt = new.audit, new.actions, new.mqtt
                 if new.config.gallery.dir != self.watcher.root:
                     self.watcher.close()
@@ -309,5 +379,5 @@ class Daemon:
                 self._gallery_metrics()
                 log.info("reloaded configuration: %d enrolled photos of %d people",
                          len(self.gallery), len(self.gallery.people))
-                reloaded = True
-        return reloaded
+                swapped = Swap.CONFIG
+        return swapped

@@ -13,7 +13,8 @@ is above `detection_threshold`. The best person's quorum must beat every other
 person's by `score_margin` in log-odds, or the face is refused as ambiguous.
 
 `DecisionMaker` turns per-frame results into events a door can act on: a grant
-needs the same person in K of the last N frames with a face; after a grant
+needs the same person in K of the last N frames with a face, all within the
+last `confirm_max_age_s`, the deciding frame among them; after a grant
 there is a cooldown; denies are rate-limited so someone standing at the door
 does not fire a hundred of them.
 """
@@ -30,6 +31,8 @@ import numpy.typing as npt
 from accessd.config import DecisionConfig
 from accessd.gallery import Gallery
 from accessd.types import Decision, Face, FaceResult, Floats, Outcome, PersonScore
+
+Floats64 = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -54,39 +57,47 @@ def score_faces(faces: list[Face], scores: Floats, gallery: Gallery, t: Threshol
     template (the mean of their photo embeddings, `template_scores`): one photo
     that happens to resemble a stranger moves a mean of three far less than it
     moves a vote among three (train/door_ceiling.py measures the difference).
+    Only the people a decision looks at get a `PersonScore`: the best, the
+    runner-up by ratio and the closest other by quorum score.
     """
     results = []
     n_people = len(gallery.people)
-    photos = np.bincount(gallery.person_of, minlength=n_people).astype(np.float64)
+    photos = gallery.photo_counts
+    if t.template is not None and n_people > 0 and template_scores is None:
+        raise ValueError("thresholds name a template threshold but no template scores were given")
     for i, (face, row) in enumerate(zip(faces, scores, strict=True)):
         if n_people == 0:
             results.append(FaceResult(face, (), None))
             continue
-        matched = np.bincount(gallery.person_of, weights=(row > t.detection), minlength=n_people)
-        total = np.bincount(gallery.person_of, weights=row.astype(np.float64), minlength=n_people)
+        ratios = np.bincount(gallery.person_of, weights=(row > t.detection), minlength=n_people) / photos
+        means = np.bincount(gallery.person_of, weights=row.astype(np.float64), minlength=n_people) / photos
         quorums = quorum_scores(row, gallery.person_of, photos, t.verification)
-        ratios = matched / photos
-        means = total / photos
         order = np.lexsort((-means, -ratios))
-        people = tuple(
-            PersonScore(gallery.people[i], float(ratios[i]), float(means[i]), int(photos[i]), float(quorums[i]))
-            for i in order
-        )
-        best = people[0]
+        top = int(order[0])
+
+        def person(j: int, ratios: Floats64 = ratios, means: Floats64 = means,
+                   quorums: Floats64 = quorums) -> PersonScore:
+            return PersonScore(gallery.people[j], float(ratios[j]), float(means[j]), int(photos[j]),
+                               float(quorums[j]))
+
+        best = person(top)
         verified = best.ratio > t.verification
-        if verified and t.template is not None:
-            if template_scores is None:
-                raise ValueError("thresholds name a template threshold but no template scores were given")
-            verified = bool(template_scores[i, order[0]] > t.template)  # people[0] is gallery.people[order[0]]
+        if verified and t.template is not None and template_scores is not None:
+            verified = bool(template_scores[i, top] > t.template)
         rival = None
-        if verified and len(people) > 1:
-            runner_up = people[1]
+        people: tuple[PersonScore, ...] = (best,)
+        if n_people > 1:
+            runner_up = person(int(order[1]))
             # The closest other person by quorum score, not by ratio: with one photo
             # each, a look-alike whose score fell just under the threshold has ratio 0.
-            closest = max(people[1:], key=lambda p: p.quorum)
-            if best.ratio - runner_up.ratio < t.margin:
+            others = quorums.copy()
+            others[top] = -np.inf
+            closest_j = int(np.argmax(others))
+            closest = runner_up if closest_j == int(order[1]) else person(closest_j)
+            people = (best, runner_up) if closest is runner_up else (best, runner_up, closest)
+            if verified and best.ratio - runner_up.ratio < t.margin:
                 verified, rival = False, runner_up.person
-            elif log_odds(best.quorum) - log_odds(closest.quorum) < t.score_margin:
+            elif verified and log_odds(best.quorum) - log_odds(closest.quorum) < t.score_margin:
                 verified, rival = False, closest.person
         results.append(FaceResult(face, people, best.person if verified else None, rival))
     return results
@@ -105,21 +116,45 @@ def quorum_scores(row: Floats, person_of: npt.NDArray[np.int64], photos: npt.NDA
 
 @dataclass(frozen=True)
 class _Seen:
+    ts: float
     person: str | None  # the verified person, or None for an unknown face
     result: FaceResult
 
 
 class DecisionMaker:
+    """Per-frame results in, door events out.
+
+    Fail-closed rules (each tested): only frames with a face enter the window;
+    a frame older than `confirm_max_age_s` no longer counts, so after a camera
+    stall nothing seen before it can vote; `reset` empties the window (source
+    reconnect, gallery or config swap); and the frame that decides must itself
+    show the person granted (or the unknown face denied). The decision's score
+    and snapshot are that frame's.
+    """
+
     def __init__(self, config: DecisionConfig, source: str) -> None:
         self.config = config
         self.source = source
-        self._history: deque[_Seen | None] = deque(maxlen=config.confirm_window)
+        self._history: deque[_Seen] = deque(maxlen=config.confirm_window)
         self._grant_after = float("-inf")
         self._deny_after = float("-inf")
         self._denies: deque[float] = deque()
         self._locked_until = float("-inf")
         self._verified: deque[tuple[float, str, Face]] = deque()  # for the liveness check
         self._last_ts = float("-inf")
+
+    def carry_over(self, old: DecisionMaker) -> None:
+        """Keep what a door must not forget across a config reload: lockout, cooldowns, recent denies.
+
+        The window itself is not kept: it was judged by the old thresholds.
+        """
+        self._grant_after, self._deny_after = old._grant_after, old._deny_after
+        self._denies, self._locked_until, self._last_ts = deque(old._denies), old._locked_until, old._last_ts
+
+    def reset(self) -> None:
+        """Forget the frames seen so far (the source reconnected, or who is enrolled changed)."""
+        self._history.clear()
+        self._verified.clear()
 
     def lockout_left(self) -> float:
         """Seconds of lockout left at the last frame seen (0 when none), for the console's status."""
@@ -128,49 +163,53 @@ class DecisionMaker:
     def update(self, frame: int, ts: float, results: list[FaceResult]) -> Decision | None:
         """Feed one frame's face results; return a decision when one is due."""
         self._last_ts = ts
-        picked = self._pick(results)
+        self._forget_before(ts - self.config.confirm_max_age_s)
+        picked = self._pick(ts, results)
+        if picked is None:
+            return None  # a frame without a face neither counts nor decides
         self._history.append(picked)
-        if self.config.liveness_check:
-            if picked is not None and picked.person is not None:
-                self._verified.append((ts, picked.person, picked.result.face))
-            while self._verified and self._verified[0][0] < ts - self.config.liveness_window_s:
-                self._verified.popleft()
-        seen = [s for s in self._history if s is not None]
-        if not seen:
-            return None
+        if self.config.liveness_check and picked.person is not None:
+            self._verified.append((ts, picked.person, picked.result.face))
         k = self.config.confirm_frames
-        people = [s.person for s in seen if s.person is not None]
-        for person in dict.fromkeys(people):
-            if people.count(person) >= k and ts >= self._grant_after:
-                best = max((s.result for s in seen if s.person == person), key=_ratio_score)
-                if self.config.liveness_check and not self._watched_long_enough(person, ts):
-                    return None  # keep the history: decide once the window is covered
-                if ts < self._locked_until:
-                    if not self._deny_slot(ts):
-                        return None
-                    left = self._locked_until - ts
-                    return self._decision(Outcome.DENY, None, best, frame, ts, f"locked out ({left:.0f} s left)")
-                self._history.clear()
-                if self.config.liveness_check:
-                    motion = landmark_motion([f for _, p, f in self._verified if p == person])
-                    self._verified.clear()
-                    if motion < self.config.liveness_min_motion:
-                        if not self._deny_slot(ts):
-                            return None
-                        reason = f"no natural face motion ({motion:.4f}): possible photo"
-                        self._count_deny(ts)
-                        return self._decision(Outcome.DENY, None, best, frame, ts, reason)
-                self._grant_after = ts + self.config.grant_cooldown_s
-                return self._decision(Outcome.GRANT, person, best, frame, ts, "verified")
-        unknown = [s.result for s in seen if s.person is None]
-        if len(unknown) >= k and self._deny_slot(ts):
+        if picked.person is None:
+            unknown = sum(1 for s in self._history if s.person is None)
+            if unknown < k or not self._deny_slot(ts):
+                return None
             self._history.clear()
-            best = max(unknown, key=_ratio_score)
-            reason = _deny_reason(best)
+            reason = _deny_reason(picked.result)
             if self._count_deny(ts):
                 reason += f"; lockout for {self.config.lockout_s:.0f} s after {len(self._denies)} denies"
-            return self._decision(Outcome.DENY, None, best, frame, ts, reason)
-        return None
+            return self._decision(Outcome.DENY, None, picked.result, frame, ts, reason)
+        person = picked.person
+        if sum(1 for s in self._history if s.person == person) < k or ts < self._grant_after:
+            return None
+        if self.config.liveness_check and not self._watched_long_enough(person, ts):
+            return None  # keep the history: decide once the window is covered
+        if ts < self._locked_until:
+            if not self._deny_slot(ts):
+                return None
+            left = self._locked_until - ts
+            return self._decision(Outcome.DENY, None, picked.result, frame, ts, f"locked out ({left:.0f} s left)")
+        self._history.clear()
+        if self.config.liveness_check:
+            motion = landmark_motion([f for _, p, f in self._verified if p == person])
+            self._verified.clear()
+            if motion < self.config.liveness_min_motion:
+                if not self._deny_slot(ts):
+                    return None
+                reason = f"no natural face motion ({motion:.4f}): possible photo"
+                self._count_deny(ts)
+                return self._decision(Outcome.DENY, None, picked.result, frame, ts, reason)
+        self._grant_after = ts + self.config.grant_cooldown_s
+        return self._decision(Outcome.GRANT, person, picked.result, frame, ts, "verified")
+
+    def _forget_before(self, oldest: float) -> None:
+        while self._history and self._history[0].ts < oldest:
+            self._history.popleft()
+        while self._verified and self._verified[0][0] < self._last_ts - self.config.liveness_window_s:
+            self._verified.popleft()
+        if self._verified and self._last_ts - self._verified[-1][0] > self.config.confirm_max_age_s:
+            self._verified.clear()  # a gap: the motion before it says nothing about the face now
 
     def _deny_slot(self, ts: float) -> bool:
         """Denies are rate-limited: True (and the next slot booked) when one may be emitted now."""
@@ -197,14 +236,14 @@ class DecisionMaker:
         return False
 
     @staticmethod
-    def _pick(results: list[FaceResult]) -> _Seen | None:
+    def _pick(ts: float, results: list[FaceResult]) -> _Seen | None:
         if not results:
             return None
         verified = [r for r in results if r.candidate is not None]
         if verified:
             best = max(verified, key=_ratio_score)
-            return _Seen(best.candidate, best)
-        return _Seen(None, max(results, key=lambda r: r.face.area))
+            return _Seen(ts, best.candidate, best)
+        return _Seen(ts, None, max(results, key=lambda r: r.face.area))
 
     def _decision(self, outcome: Outcome, person: str | None, r: FaceResult, frame: int, ts: float,
                   reason: str) -> Decision:

@@ -13,12 +13,13 @@ skipped later. Every change appends its own audit record first.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,21 +60,22 @@ class Enrolment:
     """`gallery_dir` and `audit` are asked for on each change: a config reload may replace both."""
 
     def __init__(self, gallery_dir: Callable[[], Path], audit: Callable[[], AuditLog],
-                 problem: Callable[[Image], str | None] = lambda _image: None) -> None:
+                 problem: Callable[[Image], str | None] = lambda _image: None,
+                 revoke: Callable[[list[Path]], object] = lambda _paths: None) -> None:
         self._root = gallery_dir
         self._audit = audit
         self._problem = problem  # why a photo cannot be enrolled (the gallery's own face check), or None
+        # Takes removed photos out of use before the door's next frame, not at the next rescan.
+        self._revoke = revoke
 
     @property
     def root(self) -> Path:
         return self._root()
 
-    def _person_dir(self, person: str, create: bool = False) -> Path:
+    def _person_dir(self, person: str) -> Path:
         folder = self.root / check_name(person, "person")
         if folder.is_symlink():
             raise EnrolmentError(f"person {person!r}: the folder is a symlink; refused", 403)
-        if create:
-            folder.mkdir(parents=True, exist_ok=True)
         if not folder.resolve().is_relative_to(self.root.resolve()):
             raise EnrolmentError(f"person {person!r}: outside the gallery", 403)
         return folder
@@ -94,12 +96,20 @@ class Enrolment:
         if problem is not None:
             raise EnrolmentError(f"photo {filename!r}: {problem}", 422)
         name = f"{safe_stem}-{hashlib.sha256(data).hexdigest()[:8]}{suffix}"
-        folder = self._person_dir(person, create=True)
+        folder = self._person_dir(person)
         path = folder / name
-        self._record(Change(action, person, name, client))
+        change = Change(action, person, name, client)
+        self._record(change)
         tmp = folder / f".{name}.{os.getpid()}.tmp"  # hidden: the watcher and scanner skip it
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        with self._failure_recorded(change, path):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp.write_bytes(data)
+                tmp.replace(path)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()  # no half-written file left behind
+                raise
         log.info("console: %s added photo %s of %s", client, name, person)
         return name
 
@@ -108,16 +118,25 @@ class Enrolment:
         path = folder / check_name(photo, "photo")
         if path.is_symlink() or not path.is_file():
             raise EnrolmentError(f"photo {photo!r} of {person!r}: not found", 404)
-        self._record(Change("delete_photo", person, photo, client))
-        path.unlink()
+        change = Change("delete_photo", person, photo, client)
+        self._record(change)
+        with self._failure_recorded(change, path):
+            path.unlink()
+        self._revoke([path])
         log.info("console: %s deleted photo %s of %s", client, photo, person)
 
     def delete_person(self, person: str, client: str) -> None:
         folder = self._person_dir(person)
         if not folder.is_dir():
             raise EnrolmentError(f"person {person!r}: not found", 404)
-        self._record(Change("delete_person", person, None, client))
-        shutil.rmtree(folder)
+        change = Change("delete_person", person, None, client)
+        self._record(change)
+        photos = [p for p in folder.rglob("*") if p.is_file()]
+        try:
+            with self._failure_recorded(change, folder):
+                shutil.rmtree(folder)
+        finally:
+            self._revoke([p for p in photos if not p.exists()])  # what is gone is out of use, even half-way
         log.info("console: %s removed %s", client, person)
 
     def photo_path(self, person: str, photo: str) -> Path:
@@ -126,7 +145,21 @@ class Enrolment:
             raise EnrolmentError(f"photo {photo!r} of {person!r}: not found", 404)
         return path
 
-    def _record(self, change: Change) -> None:
+    def _record(self, change: Change, **outcome: object) -> None:
         """Audited before the change is made: a change that cannot be recorded is not made."""
         self._audit().append_record({"event": "enrolment", "action": change.action, "person": change.person,
-                                  "photo": change.photo, "client": change.client})
+                                     "photo": change.photo, "client": change.client, **outcome})
+
+    @contextlib.contextmanager
+    def _failure_recorded(self, change: Change, path: Path) -> Iterator[None]:
+        """A change recorded as made that then fails gets a second record saying so, and a 500."""
+        try:
+            yield
+        except OSError as exc:
+            problem = f"{path}: {exc.strerror or exc}"
+            log.error("console: %s of %s failed: %s", change.action, change.person, problem)
+            try:
+                self._record(change, result="failed", error=problem)
+            except OSError:
+                log.exception("console: the failure of %s could not be recorded either", change.action)
+            raise EnrolmentError(f"{change.action} failed: {problem}", 500) from exc

@@ -79,6 +79,31 @@ class Gallery:
         """(M + P) x D: what each face is scored against, built once per gallery, not per frame."""
         return np.ascontiguousarray(np.concatenate([self.embeddings, self.templates]), np.float32)
 
+    @functools.cached_property
+    def photo_counts(self) -> npt.NDArray[np.float64]:
+        """P: how many photos each person has, once per gallery rather than per face and frame."""
+        return np.bincount(self.person_of, minlength=len(self.people)).astype(np.float64)
+
+    def without(self, paths: frozenset[Path]) -> Gallery:
+        """This gallery less the photos at `paths` (resolved): a revocation, in effect at once.
+
+        People left with no photo are dropped. Cheap (array indexing, no embedding), so the
+        frame loop can apply it between two frames.
+        """
+        keep = [i for i, p in enumerate(self.photos) if p.path.resolve() not in paths]
+        if len(keep) == len(self.photos):
+            return self
+        photos = tuple(self.photos[i] for i in keep)
+        people = tuple(sorted({p.person for p in photos}))
+        index = {p: i for i, p in enumerate(people)}
+        return Gallery(
+            embeddings=self.embeddings[keep],
+            person_of=np.asarray([index[p.person] for p in photos], np.int64),
+            people=people,
+            photos=photos,
+            skipped=self.skipped,
+        )
+
     def counts(self) -> dict[str, int]:
         counts = np.bincount(self.person_of, minlength=len(self.people))
         return {p: int(c) for p, c in zip(self.people, counts, strict=True)}

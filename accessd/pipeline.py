@@ -83,17 +83,23 @@ class Pipeline:
         faces = [f for f in self.detector.detect(image) if min(f.width, f.height) >= cfg.min_face_px]
         return sorted(faces, key=lambda f: f.area, reverse=True)[: cfg.max_faces]
 
-    def analyse(self, image: Image, gallery: Gallery) -> FrameAnalysis:
+    def analyse(self, image: Image, gallery: Gallery, with_templates: bool | None = None) -> FrameAnalysis:
+        """Faces, crops and results for one frame; template scores when the template check is on
+        (or `with_templates`: door_eval sweeps the check's threshold)."""
         t0 = time.perf_counter()
         faces = self.find_faces(image)
         t1 = time.perf_counter()
         if not faces:
             return FrameAnalysis([], [], [], {"detect": t1 - t0})
         crops = [self.crop(image, f) for f in faces]
-        # All faces of the frame in one run, scored against every photo and every person's template.
+        # All faces of the frame in one run, scored against every photo and, when the
+        # template check is on, every person's template.
         m = len(gallery)
-        _, both = self.model.embed_and_score(np.stack(crops), gallery.photos_and_templates)
-        scores, templates = both[:, :m], both[:, m:]
+        if with_templates is None:
+            with_templates = self.thresholds.template is not None
+        targets = gallery.photos_and_templates if with_templates else gallery.embeddings
+        _, both = self.model.embed_and_score(np.stack(crops), targets)
+        scores, templates = both[:, :m], (both[:, m:] if with_templates else None)
         results = score_faces(faces, scores, gallery, self.thresholds, templates)
         return FrameAnalysis(faces, crops, results, {"detect": t1 - t0, "embed": time.perf_counter() - t1}, scores,
                              templates)

@@ -67,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         web: dict[str, object] = {"port": 0}
         if args.console:
             (Path(tmp) / "console-password").write_text("soak-password")
+            (Path(tmp) / "console-token").write_text(_SOAK_TOKEN)
             os.environ["CREDENTIALS_DIRECTORY"] = tmp
-            web = {"port": _free_port(), "password_credential": "console-password"}
+            web = {"port": _free_port(), "password_credential": "console-password",
+                   "api_token_credential": "console-token"}
         config = parse_config({"gallery": {"dir": str(gallery.parent)}, "state_dir": tmp, "web": web,
                                "model": {"threads": args.threads},
                                "audit": {"path": str(Path(tmp) / "audit.jsonl")}}, repo)
@@ -141,10 +143,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_SOAK_TOKEN = "soak-token-" + "0" * 32  # a throwaway console, on loopback, for the soak's own viewer
 _VIEWER = """
 import sys, time, urllib.error, urllib.request
 url, count = sys.argv[1], 0
-auth = {"Authorization": "Bearer soak-password"}
+auth = {"Authorization": "Bearer " + sys.argv[3]}
 last_status = 0.0
 end = time.monotonic() + float(sys.argv[2])
 while time.monotonic() < end:
@@ -170,8 +173,8 @@ def _viewer(url: str, seconds: float, count: list[int]) -> None:
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", _VIEWER, url, str(seconds)], capture_output=True, text=True,
-                          check=False, timeout=seconds + 60)
+    done = subprocess.run([sys.executable, "-c", _VIEWER, url, str(seconds), _SOAK_TOKEN], capture_output=True,
+                          text=True, check=False, timeout=seconds + 60)
     count[0] = int(done.stdout.strip() or 0)
 
 

@@ -77,7 +77,8 @@ class PersonScore:
 
 @dataclass(frozen=True)
 class FaceResult:
-    """The verifier's view of one face: every enrolled person's ratio, best first."""
+    """The verifier's view of one face: the best person first, then the runner-up (by ratio)
+    and the closest other (by quorum score) when they differ; no one else."""
 
     face: Face
     people: tuple[PersonScore, ...]

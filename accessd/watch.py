@@ -4,6 +4,8 @@ The watcher only raises a flag; the frame loop reloads the gallery (embedding
 only new photos) once events have been quiet for a moment, so a photo still
 being copied is not read half-written. A slow poll of names, sizes and mtimes
 stays on as a fallback for filesystems where inotify sees nothing (NFS, SMB).
+It runs on its own thread: a stat per photo (14 ms for 1,500 local files, far
+more on NFS) on the frame thread was a dropped frame every poll.
 """
 
 from __future__ import annotations
@@ -35,16 +37,18 @@ def signature(root: Path) -> tuple[tuple[str, int, int], ...]:
 
 
 class GalleryWatcher:
-    def __init__(self, root: Path, poll_s: float = 5.0) -> None:
+    def __init__(self, root: Path, poll_s: float = 5.0, use_inotify: bool = True) -> None:
         self.root = root
         self.poll_s = poll_s
         self._lock = threading.Lock()
         self._last_event = 0.0
         self._dirty = False
         self._signature = signature(root)
-        self._next_poll = time.monotonic() + poll_s
+        self._stop = threading.Event()
         self._observer: Any = None
         try:
+            if not use_inotify:
+                raise ImportError("inotify not wanted")
             from watchdog.events import FileSystemEvent, FileSystemEventHandler
             from watchdog.observers import Observer
 
@@ -64,31 +68,36 @@ class GalleryWatcher:
             log.info("watching %s for enrolment changes", root)
         except (ImportError, OSError) as exc:
             log.warning("cannot watch %s (%s); polling every %.0f s", root, exc, poll_s)
+        self._poller = threading.Thread(target=self._poll, name="gallery-poll", daemon=True)
+        self._poller.start()
 
-    def mark(self) -> None:
+    def mark(self, settled: bool = False) -> None:
         with self._lock:
             self._dirty = True
-            self._last_event = time.monotonic()
+            self._last_event = 0.0 if settled else time.monotonic()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            sig = signature(self.root)
+            with self._lock:
+                changed = sig != self._signature
+                self._signature = sig
+            if changed:
+                self.mark(settled=True)  # a poll sees a settled state
 
     def changed(self) -> bool:
-        """True once after a change has settled; call from the frame loop."""
-        now = time.monotonic()
-        if now >= self._next_poll:
-            self._next_poll = now + self.poll_s
-            sig = signature(self.root)
-            if sig != self._signature:
-                self._signature = sig
-                self.mark()
-                self._last_event = 0.0  # a poll sees a settled state
+        """True once after a change has settled; cheap enough to call every frame."""
         with self._lock:
-            if self._dirty and now - self._last_event >= QUIET_S:
+            if self._dirty and time.monotonic() - self._last_event >= QUIET_S:
                 self._dirty = False
-                self._signature = signature(self.root)
                 return True
         return False
 
     def close(self) -> None:
+        self._stop.set()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=2)
             self._observer = None
+        if self._poller is not threading.current_thread():
+            self._poller.join(timeout=2)

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MIN_TOKEN_CHARS = 32  # an API token is for scripts: long and random, never a typed password
+
 
 def start_console(daemon: Daemon) -> WebServer | None:
     web = daemon.config.web
@@ -35,6 +37,17 @@ def start_console(daemon: Daemon) -> WebServer | None:
     if len(password) < 8:
         log.error("console off: web.password_credential %r holds fewer than 8 characters", web.password_credential)
         return None
+    api_token = None
+    if web.api_token_credential:
+        try:
+            api_token = read_credential(web.api_token_credential)
+        except ConfigError as exc:
+            log.error("console off: web.api_token_credential: %s", "; ".join(exc.problems))
+            return None
+        if len(api_token) < MIN_TOKEN_CHARS:
+            log.error("console off: web.api_token_credential %r holds fewer than %d characters "
+                      "(make one with: openssl rand -hex 32)", web.api_token_credential, MIN_TOKEN_CHARS)
+            return None
     from accessd.console import Backend, create_app
     from accessd.enrolment import Enrolment
     from accessd.webserver import WebServer
@@ -66,7 +79,7 @@ def start_console(daemon: Daemon) -> WebServer | None:
     backend = Backend(
         view=daemon.view,
         enrolment=Enrolment(lambda: daemon.config.gallery.dir, lambda: daemon.audit,
-                            lambda image: daemon.pipeline.enrolment_problem(image)),
+                            lambda image: daemon.pipeline.enrolment_problem(image), daemon.revoke),
         audit_path=daemon.config.audit.path,
         snapshots_dir=daemon.config.audit.snapshots_dir,
         verify=verify,
@@ -74,7 +87,8 @@ def start_console(daemon: Daemon) -> WebServer | None:
         settings=settings,
     )
     try:
-        server = WebServer(create_app(backend, password, web), web.host, web.port)
+        server = WebServer(create_app(backend, password, web, api_token), web.host, web.port,
+                           trusted_proxy=web.trusted_proxy)
     except OSError as exc:
         log.error("console off: web.port %d on %s: %s", web.port, web.host, exc.strerror or exc)
         return None

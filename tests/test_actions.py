@@ -121,3 +121,27 @@ def test_webhook_receiver_down_or_slow() -> None:
         assert post_webhook(WebhookConfig(url=slow.url, retries=0, timeout_s=0.5), RECORD, None) is False
     finally:
         slow.close()
+
+
+def test_a_reload_lets_queued_grant_hooks_run(tmp_path: Path) -> None:
+    """A SIGHUP reload closes the old Actions without waiting; its queued hooks were cancelled."""
+    out = tmp_path / "fired.txt"
+    script = f"import time; time.sleep(0.3); open({str(out)!r}, 'a').write('x')"
+    actions = Actions(ActionsConfig(hooks=(HookConfig(argv=(sys.executable, "-c", script)),), max_concurrent=1))
+    futures = [f for _ in range(3) for f in actions.fire(DECISION, RECORD)]
+    actions.close(wait=False)  # what retire() does at a reload: returns at once ...
+    assert [f.result(timeout=30) for f in futures] == [True, True, True]  # ... and every grant still fires
+    assert out.read_text() == "xxx"
+
+
+def test_a_crashing_action_is_counted_before_its_future_completes() -> None:
+    def boom(*_args: object) -> bool:
+        raise RuntimeError("injected")
+
+    actions = Actions(ActionsConfig(max_concurrent=1))
+    for _ in range(50):  # the count was once bumped by a done-callback, after result() had returned
+        before = actions.failures
+        future = actions._submit("boom", boom)
+        assert future is not None and future.result(timeout=10) is False
+        assert actions.failures == before + 1
+    actions.close()

@@ -94,3 +94,46 @@ def test_failed_rotation_never_writes_through_a_stale_descriptor(tmp_path: Path)
         f.write("mine\n")
     assert other.read_text() == "mine\n"
     log.close()
+
+
+def test_a_short_write_is_cut_off_and_the_next_record_starts_on_its_own_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The branch a kill -9 cannot reach (one small write never tears): a disk that takes half a record."""
+    import accessd.audit as audit_module
+
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    log.append(decision(0))
+    real_write = os.write
+
+    def half(fd: int, data: bytes) -> int:
+        return real_write(fd, data[: len(data) // 2])
+
+    monkeypatch.setattr(audit_module.os, "write", half)
+    with pytest.raises(AuditError, match="short write"):
+        log.append(decision(1))
+    monkeypatch.setattr(audit_module.os, "write", real_write)
+    log.append(decision(2))
+    log.close()
+    assert [json.loads(line)["frame"] for line in path.read_text().splitlines()] == [0, 2]
+
+
+def test_the_folder_is_fsynced_when_the_log_is_created_and_rotated(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import accessd.audit as audit_module
+
+    synced: list[Path] = []
+    real = audit_module._fsync_dir
+    monkeypatch.setattr(audit_module, "_fsync_dir", lambda folder: (synced.append(folder), real(folder)))
+    log = AuditLog(tmp_path / "audit.jsonl", max_bytes=300, keep=2)
+    assert synced == [tmp_path]  # created: its name is durable before any record is promised
+    for i in range(3):
+        log.append(decision(i))
+    log.close()
+    assert len(synced) >= 3 and set(synced) == {tmp_path}  # each rotation renames, then a new file
+
+
+@pytest.mark.parametrize(("max_bytes", "keep"), [(-1, 5), (1000, 0), (1000, -1)])
+def test_settings_that_would_erase_the_log_are_refused(tmp_path: Path, max_bytes: int, keep: int) -> None:
+    with pytest.raises(ValueError, match="keep must be at least 1"):
+        AuditLog(tmp_path / "audit.jsonl", max_bytes=max_bytes, keep=keep)

@@ -51,6 +51,21 @@ def test_relative_paths_resolve_against_config_folder(tmp_path: Path) -> None:
         ("mqtt:\n  qos: true\n", "mqtt.qos: must be one of 0, 1, 2 (got True)"),
         ("mqtt:\n  password_credential: mqtt-pass\n", "mqtt.password_credential: needs mqtt.username"),
         ("mqtt:\n  ca_file: ca.pem\n", "mqtt.ca_file: needs mqtt.tls: true"),
+        # Each of these printed "ok" once; the first three erased the audit log or crashed `run`.
+        ("audit:\n  max_bytes: -1\n", "audit.max_bytes: must be 0 (off) or at least 10000 (got -1)"),
+        ("audit:\n  keep: 0\n", "audit.keep: must be between 1 and 1000 (got 0)"),
+        ("audit:\n  keep: -1\n", "audit.keep: must be between 1 and 1000 (got -1)"),
+        ("actions:\n  max_concurrent: 0\n", "actions.max_concurrent: must be between 1 and 64 (got 0)"),
+        ("detector:\n  max_faces: 0\n", "detector.max_faces: must be between 1 and 64 (got 0)"),
+        ("detector:\n  min_face_px: -5\n", "detector.min_face_px: must be at least 1 (got -5)"),
+        ("metrics:\n  port: 70000\n", "metrics.port: must be a TCP port, 0-65535 (0 disables it) (got 70000)"),
+        ("model:\n  threads: -3\n", "model.threads: must be between 0 and 256 (got -3)"),
+        ("decision:\n  lockout_denies: -1\n", "decision.lockout_denies: must not be negative (got -1)"),
+        ("decision:\n  confirm_max_age_s: 0\n", "decision.confirm_max_age_s: must be between 0 and 60"),
+        ("source:\n  stall_timeout_s: 0\n", "source.stall_timeout_s: must be positive (got 0.0)"),
+        ("source:\n  reconnect_initial_s: 5\n  reconnect_max_s: 1\n",
+         "source.reconnect_max_s: must be at least reconnect_initial_s (got 1.0)"),
+        ("actions:\n  hooks:\n    - argv: [x]\n      timeout_s: 0\n", "actions.hooks[0].timeout_s: must be between"),
     ],
 )
 def test_bad_values_name_their_key(tmp_path: Path, yaml_text: str, expected: str) -> None:
@@ -106,3 +121,42 @@ def test_console_settings_are_checked_by_name() -> None:
     problems = "\n".join(err.value.problems)
     for key in ("web.port", "web.max_upload_bytes", "web.session_hours", "web.pasword: unknown key"):
         assert key in problems, problems
+
+
+def _numeric_fields(cls: type, prefix: str = "") -> list[tuple[str, object]]:
+    """(dotted key, dataclass field) for every int or float key under `cls`, lists' items included."""
+    import dataclasses
+    import typing
+
+    out: list[tuple[str, object]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp) is tuple and dataclasses.is_dataclass(inner[0]):
+            out += _numeric_fields(inner[0], f"{key}[].")
+        elif dataclasses.is_dataclass(tp):
+            out += _numeric_fields(tp, f"{key}.")  # type: ignore[arg-type]
+        elif tp in (int, float) or (inner and inner[0] in (int, float) and typing.get_origin(tp) is not tuple):
+            out.append((key, f))
+    return out
+
+
+def test_every_numeric_key_has_a_range_and_its_default_lies_in_it() -> None:
+    from accessd.config import Config, Range
+
+    fields = _numeric_fields(Config)
+    assert len(fields) > 30, [k for k, _ in fields]  # the walk found the tree, not an empty list
+    missing = [k for k, f in fields if not isinstance(f.metadata.get("range"), Range)]  # type: ignore[attr-defined]
+    assert missing == [], f"numeric keys without a range: {missing}"
+    for key, f in fields:
+        default = f.default  # type: ignore[attr-defined]
+        if default is not None:
+            assert f.metadata["range"].problem(default) is None, key  # type: ignore[attr-defined]
+
+
+def test_a_range_names_its_key_for_values_inside_lists() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"actions": {"webhooks": [{"url": "http://x/", "retries": 99}]}}, Path("/srv"))
+    assert err.value.problems == ["actions.webhooks[0].retries: must be between 0 and 10 (got 99)"]

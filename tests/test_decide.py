@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from accessd.config import DecisionConfig
-from accessd.decide import DecisionMaker, Thresholds, score_faces
+from accessd.decide import DecisionMaker, Thresholds, quorum_scores, score_faces
 from accessd.gallery import Gallery, Photo
 from accessd.types import Face, FaceResult, Outcome, PersonScore
 
@@ -80,8 +80,21 @@ def test_ambiguous_face_is_denied_with_both_names_in_the_reason() -> None:
 def test_quorum_is_the_score_of_the_kth_best_photo() -> None:
     """With verification 0.5: 1 of 1, 2 of 3, 3 of 4 photos must match; quorum = that photo's score."""
     g = gallery(["ann", "ann", "ann", "bob", "cy", "cy", "cy", "cy"])
-    (r,) = score_faces([FACE], np.array([[0.2, 0.9, 0.6, 0.4, 0.9, 0.8, 0.7, 0.1]], np.float32), g, T_RATIO)
-    assert {p.person: round(p.quorum, 3) for p in r.people} == {"ann": 0.6, "bob": 0.4, "cy": 0.7}
+    row = np.array([0.2, 0.9, 0.6, 0.4, 0.9, 0.8, 0.7, 0.1], np.float32)
+    quorums = quorum_scores(row, g.person_of, g.photo_counts, T_RATIO.verification)
+    assert dict(zip(g.people, np.round(quorums, 3).tolist(), strict=True)) == {"ann": 0.6, "bob": 0.4, "cy": 0.7}
+    (r,) = score_faces([FACE], row[None], g, T_RATIO)
+    assert [(p.person, round(p.quorum, 3)) for p in r.people] == [("cy", 0.7), ("ann", 0.6)]  # best, runner-up
+
+
+def test_only_the_people_a_decision_looks_at_are_reported() -> None:
+    """Best, runner-up by ratio, closest by quorum: a record per enrolled person per face was the cost."""
+    g = gallery(["ann", "ann", "bob", "bob", "cy", "dan", "eve"])
+    # bob: ratio 0.5, quorum 0.3 (his 2nd best); eve: ratio 0, quorum 0.45; cy and dan: neither.
+    row = np.array([[0.9, 0.8, 0.55, 0.3, 0.2, 0.1, 0.45]], np.float32)
+    t = Thresholds(detection=0.5, verification=0.5, margin=0.2, score_margin=0.0)
+    (r,) = score_faces([FACE], row, g, t)
+    assert [p.person for p in r.people] == ["ann", "bob", "eve"]
 
 
 def test_empty_gallery_verifies_no_one() -> None:
@@ -104,18 +117,84 @@ def test_grant_needs_k_of_n_frames_then_cools_down() -> None:
     grants = [d for d in outcomes if d is not None]
     assert len(grants) == 1 and grants[0].outcome is Outcome.GRANT and grants[0].person == "ann"
     assert grants[0].frame == 2  # the third agreeing frame
-    # Still at the door when the cooldown ends: the agreeing frames in the window grant again.
-    again = dm.update(200, 5.5, result("ann"))
-    assert again is not None and again.outcome is Outcome.GRANT
-    # History is cleared at a grant: the next grant needs K fresh frames.
-    assert dm.update(201, 11.0, result("ann")) is None
-    assert dm.update(202, 11.1, result("ann")) is None
-    assert dm.update(203, 11.2, result("ann")) is not None
+    # Still at the door when the cooldown ends: the frames seen seconds ago do not vote;
+    # the next grant needs K fresh frames.
+    assert dm.update(200, 5.5, result("ann")) is None
+    assert dm.update(201, 5.6, result("ann")) is None
+    again = dm.update(202, 5.7, result("ann"))
+    assert again is not None and again.outcome is Outcome.GRANT and again.frame == 202
+
+
+def _granted_then_stalled() -> DecisionMaker:
+    """ann stands at the door for a second (one grant, then the window refills); the camera then stalls."""
+    dm = DecisionMaker(DecisionConfig(confirm_frames=3, confirm_window=5, grant_cooldown_s=5.0), "test")
+    grants = [d for i in range(30) if (d := dm.update(i, i / 30, result("ann"))) is not None]
+    assert len(grants) == 1
+    return dm
+
+
+def test_an_empty_frame_after_a_stall_grants_no_one() -> None:
+    """The review's finding: the first frame after a stall longer than the cooldown granted ann again."""
+    dm = _granted_then_stalled()
+    assert dm.update(30, 60.0, []) is None
+
+
+def test_a_stranger_after_a_stall_is_not_granted_as_the_person_seen_before() -> None:
+    dm = _granted_then_stalled()
+    assert dm.update(30, 60.0, result(None)) is None
+    # Nor with the stall shorter than the window's age bound but the cooldown over: the
+    # frame that decides must itself show ann.
+    dm = DecisionMaker(DecisionConfig(confirm_frames=3, confirm_window=5, grant_cooldown_s=0.5), "test")
+    for i in range(3):
+        dm.update(i, i / 30, result("ann"))
+    for i in range(3, 6):
+        dm.update(i, 0.3 + i / 30, result("ann"))  # refills during the cooldown
+    d = dm.update(6, 1.0, result(None))
+    assert d is None or d.outcome is Outcome.DENY
+
+
+def test_frames_older_than_the_age_bound_do_not_vote() -> None:
+    dm = DecisionMaker(DecisionConfig(confirm_frames=3, confirm_window=5, confirm_max_age_s=2.0), "test")
+    assert dm.update(0, 0.0, result("ann")) is None
+    assert dm.update(1, 0.1, result("ann")) is None
+    assert dm.update(2, 2.5, result("ann")) is None  # the first two are 2.4 s old
+    assert dm.update(3, 2.6, result("ann")) is None
+    d = dm.update(4, 2.7, result("ann"))
+    assert d is not None and d.outcome is Outcome.GRANT
+
+
+def test_the_window_counts_frames_with_a_face_only() -> None:
+    """README: K of the last N frames *with a face*; faceless frames pushed faces out before."""
+    dm = DecisionMaker(DecisionConfig(confirm_frames=3, confirm_window=5), "test")
+    seq = [result("ann"), [], [], [], [], result("ann"), result("ann")]
+    decisions = [dm.update(i, i / 30, r) for i, r in enumerate(seq)]
+    assert decisions[-1] is not None and decisions[-1].outcome is Outcome.GRANT
+
+
+def test_reset_forgets_the_window() -> None:
+    dm = DecisionMaker(DecisionConfig(confirm_frames=3, confirm_window=5), "test")
+    dm.update(0, 0.0, result("ann"))
+    dm.update(1, 0.1, result("ann"))
+    dm.reset()  # the gallery changed (ann revoked, say), or the camera reconnected
+    assert dm.update(2, 0.2, result("ann")) is None
+
+
+def test_a_reload_keeps_an_active_lockout() -> None:
+    cfg = DecisionConfig(confirm_frames=1, confirm_window=1, deny_interval_s=1.0, lockout_denies=2,
+                         lockout_window_s=60.0, lockout_s=100.0)
+    old = DecisionMaker(cfg, "test")
+    for i in range(2):
+        old.update(i, float(i * 2), result(None))
+    assert old.lockout_left() > 90
+    new = DecisionMaker(cfg, "test")
+    new.carry_over(old)
+    d = new.update(10, 10.0, result("ann"))
+    assert d is not None and d.outcome is Outcome.DENY and d.reason.startswith("locked out")
 
 
 def test_interleaved_frames_without_agreement_do_not_grant() -> None:
-    dm = DecisionMaker(DecisionConfig(confirm_frames=3, confirm_window=3), "test")
-    seq = [result("ann"), [], result("ann"), [], result("ann")]
+    dm = DecisionMaker(DecisionConfig(confirm_frames=3, confirm_window=3, deny_interval_s=60.0), "test")
+    seq = [result("ann"), result(None), result("ann"), result(None), result("ann")]
     assert all(dm.update(i, i / 30, r) is None for i, r in enumerate(seq))
 
 

@@ -37,6 +37,13 @@ def test_unavailable_cuda_falls_back_to_cpu_and_logs_it(tiny_model: Path, caplog
     m = SiameseModel(tiny_model, ("CUDAExecutionProvider", "CPUExecutionProvider"))
     assert m.provider in ("CUDAExecutionProvider", "CPUExecutionProvider")
     assert f"on {m.provider}" in caplog.text
+    fallback = [r for r in caplog.records if "is unavailable here" in r.getMessage()]
+    if m.provider == "CPUExecutionProvider":  # this machine has no usable CUDA: one warning says so
+        assert [(r.levelno, r.getMessage()) for r in fallback] == [
+            (logging.WARNING, "CUDAExecutionProvider is unavailable here (missing libraries?); "
+                              "falling back to CPUExecutionProvider")]
+    else:
+        assert fallback == []
 
 
 def test_model_without_contract_is_refused(tiny_model: Path, tmp_path: Path) -> None:

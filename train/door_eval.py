@@ -121,7 +121,7 @@ def draw(pipeline: Pipeline, photos: dict[str, list[str]], args: argparse.Namesp
 def labelled_face(pipeline: Pipeline, frame: Image, centre: tuple[float, float],
                   gallery: Gallery) -> tuple[list[Face], Floats | None, Floats | None]:
     """The frame through the daemon's pipeline, kept to the face nearest the held photo's centre."""
-    a = pipeline.analyse(frame, gallery)
+    a = pipeline.analyse(frame, gallery, with_templates=True)
     if not a.faces or a.scores is None or a.template_scores is None:
         return [], None, None
     i = min(range(len(a.faces)),

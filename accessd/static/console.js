@@ -97,7 +97,8 @@ async function loadDecisions() {
       el("td", {}, d.ts), el("td", { class: d.decision }, d.decision), el("td", {}, d.person || (d.closest ? `unknown (closest: ${d.closest})` : "-")),
       el("td", {}, Number(d.score).toFixed(3)), el("td", {}, d.reason || ""), el("td", {}, snap), action));
   }
-  $("page").textContent = ` ${page * PAGE + 1}-${page * PAGE + data.decisions.length} of ${data.total} `;
+  $("page").textContent = ` ${page * PAGE + 1}-${page * PAGE + data.decisions.length}${data.more ? "" : " (end)"} `;
+  $("next").disabled = !data.more;
 }
 
 async function enrolFromSnapshot(id) {

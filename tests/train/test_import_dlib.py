@@ -76,7 +76,10 @@ def test_keras_twin_reproduces_dlibs_descriptors(imported: object) -> None:
     ours = np.asarray(embed(normalise(chips, "resnet"), training=False))
     net = dlib.face_recognition_model_v1(str(DAT))
     theirs = np.stack([np.asarray(net.compute_face_descriptor(c)) for c in chips])
-    assert np.abs(ours - theirs).max() <= 1e-4
+    diff = float(np.abs(ours - theirs).max())
+    # float32 through two different convolution codes: 2.2e-7 measured here. The README's
+    # claim is this bound, not the export's 1e-4 (which compares Keras with ONNX Runtime).
+    assert diff <= 1e-6, f"max |ours - dlib| = {diff:.2e}"
 
 
 def test_imported_head_applies_dlibs_distance_rule(imported: object) -> None:
