@@ -107,11 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: ok")
         return 0
     from accessd.detector import DetectorError
+    from accessd.landmarks import MeshError
     from accessd.model import ModelError
 
     try:
         return _dispatch(config, args)
-    except (ModelError, DetectorError, ConfigError) as exc:  # a missing model file or credential: say which
+    except (ModelError, DetectorError, MeshError, ConfigError) as exc:  # a missing model file or credential: say which
         log.error("cannot start: %s", exc)
         return 1
 
@@ -146,6 +147,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     from accessd.daemon import Daemon, install_signal_handlers
     from accessd.detector import DetectorError
     from accessd.gallery import LoadCancelled
+    from accessd.landmarks import MeshError
     from accessd.model import ModelError
     from accessd.notify import Notifier
 
@@ -167,7 +169,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
         log.info("stopped while loading the gallery")
         notifier.close()
         return 0
-    except (ModelError, DetectorError, ConfigError, OSError) as exc:
+    except (ModelError, DetectorError, MeshError, ConfigError, OSError) as exc:
         log.error("cannot start: %s", exc)
         notifier.close()
         return 1

@@ -145,28 +145,45 @@ class DecisionConfig:
     lockout_denies: int = _in(5, 0)
     lockout_window_s: float = _in(120.0, 0.0, above=True)
     lockout_s: float = _in(300.0, 0.0)
-    # Presentation-attack check, off until proven on real camera footage: a grant
-    # needs the face's landmarks to move relative to its box over the last
-    # liveness_window_s. Stops a still photo held to the camera; not a photo moved
-    # by hand, bent or tilted, nor a screen playing a video.
-    liveness_check: bool = False
-    liveness_window_s: float = _in(1.0, 0.0, 60.0, above=True)
-    # Range of box-relative keypoints over the window: a re-encoded still frame
-    # jitters by up to 0.0074, the live webcam recording moves by 0.039 or more.
-    liveness_min_motion: float = _in(0.02, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class LivenessConfig:
+    """Presentation-attack checks (accessd/liveness.py, accessd/instrument.py). Each refusal is a
+    `spoof_suspected` decision naming its check. Measured per attack in train/spoof_eval.py."""
+
+    # Blink: a grant waits for an eye blink (open, closed, open within 60-500 ms, seen by
+    # MediaPipe's face mesh) for at most max_wait_s, then the attempt is refused as "no blink".
+    blink: bool = True
+    max_wait_s: float = _in(6.0, 0.5, 60.0)
+    # Instrument: a straight-edged frame close around the face on 3 or 4 sides (a paper's
+    # edge, a phone's bezel) in at least instrument_frames of the frames being confirmed.
+    instrument: bool = True
+    instrument_frames: int = _in(2, 1, 100)
+    # Motion: the face's keypoints must move relative to its box over motion_window_s (a
+    # re-encoded still frame jitters by up to 0.0074, the live webcam recording by 0.039 or more).
+    motion: bool = True
+    motion_window_s: float = _in(1.0, 0.0, 60.0, above=True)
+    motion_min: float = _in(0.02, 0.0, 1.0)
+    # The 468-point face mesh in ONNX, converted from MediaPipe's wheel (export/face_mesh_to_onnx.py).
+    mesh_model: Path = Path("models/face_mesh.onnx")
+
+    @property
+    def enabled(self) -> bool:
+        return self.blink or self.instrument or self.motion
 
 
 @dataclass(frozen=True)
 class HookConfig:
     argv: tuple[str, ...] = ()
-    on: tuple[Literal["grant", "deny"], ...] = ("grant",)
+    on: tuple[Literal["grant", "deny", "spoof_suspected"], ...] = ("grant",)
     timeout_s: float = _in(5.0, 0.0, 3600.0, above=True)
 
 
 @dataclass(frozen=True)
 class WebhookConfig:
     url: str = ""
-    on: tuple[Literal["grant", "deny"], ...] = ("grant", "deny")
+    on: tuple[Literal["grant", "deny", "spoof_suspected"], ...] = ("grant", "deny", "spoof_suspected")
     timeout_s: float = _in(3.0, 0.0, 600.0, above=True)
     retries: int = _in(2, 0, 10)
     # Name of a file in $CREDENTIALS_DIRECTORY holding a bearer token.
@@ -241,6 +258,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     gallery: GalleryConfig = field(default_factory=GalleryConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
+    liveness: LivenessConfig = field(default_factory=LivenessConfig)
     actions: ActionsConfig = field(default_factory=ActionsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)

@@ -148,7 +148,7 @@ class Daemon:
             except (OSError, ConfigError) as exc:
                 log.error("%s", exc)
                 return 1
-        decider = DecisionMaker(self.config.decision, source.name)
+        decider = DecisionMaker(self.config.decision, source.name, self.config.liveness)
         log.info("running on %s with %d enrolled photos of %d people",
                  source.name, len(self.gallery), len(self.gallery.people))
         if self.config.metrics.port:
@@ -175,7 +175,7 @@ class Daemon:
                 swapped = self._apply_finished()
                 if swapped is Swap.CONFIG:
                     # The new thresholds judge afresh; a lockout and cooldowns carry over.
-                    fresh = DecisionMaker(self.config.decision, source.name)
+                    fresh = DecisionMaker(self.config.decision, source.name, self.config.liveness)
                     fresh.carry_over(decider)
                     decider = self._decider = fresh
                 elif swapped is Swap.GALLERY:
@@ -230,8 +230,12 @@ class Daemon:
         # Snapshot the face the decision is about (the granted person's, else the first),
         # with its surroundings: a reviewer sees more, and it can be enrolled from.
         face = analysis.faces[0] if analysis.faces else None
+        # A suspected spoof names no person; its face is the one verified as the person it resembled.
+        target = decision.person
+        if target is None and decision.outcome is Outcome.SPOOF_SUSPECTED:
+            target = str(decision.extra.get("closest"))
         for f, r in zip(analysis.faces, analysis.results, strict=True):
-            if decision.person is not None and r.candidate == decision.person:
+            if target is not None and r.candidate == target:
                 face = f
                 break
         self._act(decision, context_crop(frame.image, face, scale=4.0) if face is not None else None)
@@ -250,6 +254,8 @@ class Daemon:
             return
         self.stats.decisions[decision.outcome.value] += 1
         self.metrics.decisions.labels(decision.outcome.value, decision.person or "").inc()
+        if decision.outcome is Outcome.SPOOF_SUSPECTED:
+            self.metrics.spoof_suspected.labels(str(decision.extra.get("check", ""))).inc()
         log.info(
             "decision=%s person=%s score=%.3f ratio=%.2f frame=%d source=%s reason=%s",
             decision.outcome.value, decision.person or "-", decision.score, decision.ratio,

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from accessd.config import DecisionConfig
+from accessd.config import DecisionConfig, LivenessConfig
 from accessd.gallery import Gallery
+from accessd.liveness import BlinkDetector
 from accessd.types import Decision, Face, FaceResult, Floats, Outcome, PersonScore
 
 Floats64 = npt.NDArray[np.float64]
@@ -114,6 +115,9 @@ def quorum_scores(row: Floats, person_of: npt.NDArray[np.int64], photos: npt.NDA
     return picked
 
 
+_WAIT = ("", "")  # a liveness check cannot tell yet: the grant waits for a later frame
+
+
 @dataclass(frozen=True)
 class _Seen:
     ts: float
@@ -132,16 +136,23 @@ class DecisionMaker:
     and snapshot are that frame's.
     """
 
-    def __init__(self, config: DecisionConfig, source: str) -> None:
+    def __init__(self, config: DecisionConfig, source: str, liveness: LivenessConfig | None = None) -> None:
         self.config = config
+        self.liveness = liveness if liveness is not None else LivenessConfig(blink=False, instrument=False,
+                                                                             motion=False)
         self.source = source
         self._history: deque[_Seen] = deque(maxlen=config.confirm_window)
         self._grant_after = float("-inf")
         self._deny_after = float("-inf")
         self._denies: deque[float] = deque()
         self._locked_until = float("-inf")
-        self._verified: deque[tuple[float, str, Face]] = deque()  # for the liveness check
+        self._verified: deque[tuple[float, str, Face]] = deque()  # for the motion check
         self._last_ts = float("-inf")
+        # The attempt: one person verified without a gap, since when, and whether they blinked.
+        self._attempt: tuple[str, float] | None = None
+        self._blinks = BlinkDetector()
+        self._blinked = False
+        self._framed: list[str] = []  # the instrument check's findings during the attempt
 
     def carry_over(self, old: DecisionMaker) -> None:
         """Keep what a door must not forget across a config reload: lockout, cooldowns, recent denies.
@@ -155,6 +166,13 @@ class DecisionMaker:
         """Forget the frames seen so far (the source reconnected, or who is enrolled changed)."""
         self._history.clear()
         self._verified.clear()
+        self._end_attempt()
+
+    def _end_attempt(self) -> None:
+        self._attempt = None
+        self._blinks.reset()
+        self._blinked = False
+        self._framed = []
 
     def lockout_left(self) -> float:
         """Seconds of lockout left at the last frame seen (0 when none), for the console's status."""
@@ -168,8 +186,8 @@ class DecisionMaker:
         if picked is None:
             return None  # a frame without a face neither counts nor decides
         self._history.append(picked)
-        if self.config.liveness_check and picked.person is not None:
-            self._verified.append((ts, picked.person, picked.result.face))
+        if picked.person is not None:
+            self._follow_attempt(ts, picked)
         k = self.config.confirm_frames
         if picked.person is None:
             unknown = sum(1 for s in self._history if s.person is None)
@@ -183,33 +201,73 @@ class DecisionMaker:
         person = picked.person
         if sum(1 for s in self._history if s.person == person) < k or ts < self._grant_after:
             return None
-        if self.config.liveness_check and not self._watched_long_enough(person, ts):
-            return None  # keep the history: decide once the window is covered
         if ts < self._locked_until:
             if not self._deny_slot(ts):
                 return None
             left = self._locked_until - ts
             return self._decision(Outcome.DENY, None, picked.result, frame, ts, f"locked out ({left:.0f} s left)")
-        self._history.clear()
-        if self.config.liveness_check:
-            motion = landmark_motion([f for _, p, f in self._verified if p == person])
+        spoof = self._liveness_problem(person, ts)
+        if spoof is _WAIT:
+            return None  # not yet known: keep the window, decide on a later frame
+        if spoof is not None:
+            check, reason = spoof
+            self._history.clear()
             self._verified.clear()
-            if motion < self.config.liveness_min_motion:
-                if not self._deny_slot(ts):
-                    return None
-                reason = f"no natural face motion ({motion:.4f}): possible photo"
-                self._count_deny(ts)
-                return self._decision(Outcome.DENY, None, picked.result, frame, ts, reason)
+            self._end_attempt()
+            if not self._deny_slot(ts):
+                return None
+            if self._count_deny(ts):
+                reason += f"; lockout for {self.config.lockout_s:.0f} s after {len(self._denies)} denies"
+            return self._decision(Outcome.SPOOF_SUSPECTED, None, picked.result, frame, ts, reason, check)
+        self._history.clear()
+        self._verified.clear()
+        self._end_attempt()
         self._grant_after = ts + self.config.grant_cooldown_s
         return self._decision(Outcome.GRANT, person, picked.result, frame, ts, "verified")
+
+    def _follow_attempt(self, ts: float, picked: _Seen) -> None:
+        """Track the verified person's attempt: when it began, the blink signal, the keypoints."""
+        person = picked.person
+        if person is None:
+            return
+        if self._attempt is None or self._attempt[0] != person:
+            self._end_attempt()
+            self._attempt = (person, ts)
+        if self.liveness.motion:
+            self._verified.append((ts, person, picked.result.face))
+        if self.liveness.blink and picked.result.ear is not None and self._blinks.add(ts, picked.result.ear):
+            self._blinked = True
+        if self.liveness.instrument and picked.result.instrument:
+            self._framed.append(picked.result.instrument)
+
+    def _liveness_problem(self, person: str, ts: float) -> tuple[str, str] | None:
+        """(check, reason) when the attempt looks presented; _WAIT while it cannot tell yet; None: live."""
+        live = self.liveness
+        if live.instrument and len(self._framed) >= live.instrument_frames:
+            return "instrument", f"{self._framed[-1]}: possible photo or screen"
+        started = self._attempt[1] if self._attempt is not None else ts
+        if live.blink and not self._blinked:
+            if ts - started < live.max_wait_s:
+                return _WAIT
+            return "blink", f"no blink within {live.max_wait_s:.0f} s: possible photo or video"
+        if live.motion:
+            if ts - started < 0.8 * live.motion_window_s:
+                return _WAIT
+            motion = landmark_motion([f for _, p, f in self._verified if p == person])
+            if motion < live.motion_min:
+                return "motion", f"no natural face motion ({motion:.4f}): possible photo"
+        return None
 
     def _forget_before(self, oldest: float) -> None:
         while self._history and self._history[0].ts < oldest:
             self._history.popleft()
-        while self._verified and self._verified[0][0] < self._last_ts - self.config.liveness_window_s:
+        while self._verified and self._verified[0][0] < self._last_ts - self.liveness.motion_window_s:
             self._verified.popleft()
-        if self._verified and self._last_ts - self._verified[-1][0] > self.config.confirm_max_age_s:
-            self._verified.clear()  # a gap: the motion before it says nothing about the face now
+        if self._attempt is not None and not any(s.person == self._attempt[0] for s in self._history):
+            # The person has not been verified for confirm_max_age_s: a gap ends the attempt,
+            # and the blink or motion before it says nothing about the face now.
+            self._verified.clear()
+            self._end_attempt()
 
     def _deny_slot(self, ts: float) -> bool:
         """Denies are rate-limited: True (and the next slot booked) when one may be emitted now."""
@@ -217,10 +275,6 @@ class DecisionMaker:
             return False
         self._deny_after = ts + self.config.deny_interval_s
         return True
-
-    def _watched_long_enough(self, person: str, ts: float) -> bool:
-        first = next((t for t, p, _ in self._verified if p == person), ts)
-        return ts - first >= 0.8 * self.config.liveness_window_s
 
     def _count_deny(self, ts: float) -> bool:
         """Record a deny; True when it starts a lockout."""
@@ -246,11 +300,13 @@ class DecisionMaker:
         return _Seen(ts, None, max(results, key=lambda r: r.face.area))
 
     def _decision(self, outcome: Outcome, person: str | None, r: FaceResult, frame: int, ts: float,
-                  reason: str) -> Decision:
+                  reason: str, check: str | None = None) -> Decision:
         best = r.best
         extra: dict[str, object] = {}
-        if outcome is Outcome.DENY and best is not None:
+        if outcome is not Outcome.GRANT and best is not None:
             extra["closest"] = best.person
+        if check is not None:
+            extra["check"] = check
         return Decision(
             outcome=outcome,
             person=person,

@@ -27,6 +27,8 @@ class Metrics:
                                        buckets=_BUCKETS, registry=r)
         self.decisions = Counter("accessd_decisions", "Decisions by outcome and person", ["decision", "person"],
                                  registry=r)
+        self.spoof_suspected = Counter("accessd_spoof_suspected", "Faces refused as presented (photo, screen), "
+                                       "by the liveness check that fired", ["check"], registry=r)
         self.frame_errors = Counter("accessd_frame_errors", "Frames that failed (no decision)", registry=r)
         self.audit_errors = Counter("accessd_audit_errors", "Decisions that could not be recorded", registry=r)
         self.camera_reconnects = Gauge("accessd_camera_reconnects", "Camera reconnections since start", registry=r)

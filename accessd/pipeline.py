@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +16,16 @@ from accessd.decide import Thresholds, score_faces
 from accessd.detector import FaceDetector
 from accessd.gallery import EmbeddingCache, Gallery, cache_key, load_gallery, single_face
 from accessd.imageio import ImageError, read_image
+from accessd.instrument import picture_frame
+from accessd.landmarks import FaceMesh
+from accessd.liveness import eye_aspect_ratio
 from accessd.model import SiameseModel
 from accessd.provision import model_path
 from accessd.types import Face, FaceResult, Floats, Image
 
 log = logging.getLogger(__name__)
+
+MESH_PRESENCE = 0.5  # below this the mesh doubts it sees a face: its eye points are not used
 
 
 @dataclass
@@ -54,6 +59,8 @@ class Pipeline:
         self._enrol_detector: FaceDetector | None = None
         self._side_detector: FaceDetector | None = None  # the console's verify, one call at a time
         self._side_lock = threading.Lock()
+        live = config.liveness
+        self.mesh = FaceMesh(live.mesh_model, config.model.threads) if live.blink else None
         self._cache = EmbeddingCache(
             config.state_dir,
             cache_key(self.model.sha256, self.detector.model_path.name, config.detector.min_confidence),
@@ -101,8 +108,28 @@ class Pipeline:
         _, both = self.model.embed_and_score(np.stack(crops), targets)
         scores, templates = both[:, :m], (both[:, m:] if with_templates else None)
         results = score_faces(faces, scores, gallery, self.thresholds, templates)
-        return FrameAnalysis(faces, crops, results, {"detect": t1 - t0, "embed": time.perf_counter() - t1}, scores,
-                             templates)
+        t2 = time.perf_counter()
+        seconds = {"detect": t1 - t0, "embed": t2 - t1}
+        if any(r.candidate is not None for r in results) and (self.mesh is not None or self.config.liveness.instrument):
+            results = self.liveness_signals(image, results)
+            seconds["liveness"] = time.perf_counter() - t2
+        return FrameAnalysis(faces, crops, results, seconds, scores, templates)
+
+    def liveness_signals(self, image: Image, results: list[FaceResult]) -> list[FaceResult]:
+        """Verified faces with their eye aspect ratio (the face mesh) and the instrument check's finding.
+
+        Only verified faces: nobody else can be granted, so nobody else needs proving live.
+        """
+        verified = [i for i, r in enumerate(results) if r.candidate is not None]
+        marks = self.mesh.landmarks(image, [results[i].face for i in verified]) if self.mesh is not None else []
+        out = list(results)
+        for n, i in enumerate(verified):
+            ear = None
+            if marks and marks[n].presence >= MESH_PRESENCE:
+                ear = eye_aspect_ratio(marks[n].points)
+            framed = picture_frame(image, results[i].face) if self.config.liveness.instrument else None
+            out[i] = replace(results[i], ear=ear, instrument=framed)
+        return out
 
     def _side_detect(self, image: Image) -> list[Face]:
         """Faces found off the frame loop (console, enrolment check): its own detector, one call at a time."""

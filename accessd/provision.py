@@ -1,8 +1,8 @@
-"""Provision the MediaPipe BlazeFace detector models without run-time downloads.
+"""Provision MediaPipe's BlazeFace detectors and face mesh without run-time downloads.
 
 Current MediaPipe wheels ship no model files, but the `mediapipe==0.10.21` wheel
-on PyPI carries the BlazeFace models. This step fetches that wheel with pip (the
-registry is reachable where hubs are not), extracts the two `.tflite` files and
+on PyPI carries the BlazeFace models and the 468-point face mesh. This step fetches that wheel with pip (the
+registry is reachable where hubs are not), extracts the `.tflite` files and
 checks each against a pinned sha256, so a tampered or changed file is refused.
 
     python -m accessd.provision [--dest models/detector]
@@ -49,8 +49,18 @@ MODELS = {
             "mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite",
             "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1",
         ),
+        # The 468-point face mesh: the source of models/face_mesh.onnx (export/face_mesh_to_onnx.py),
+        # kept so the conversion and its parity test can be rerun; the door reads the ONNX file.
+        DetectorModel(
+            "face_landmark",
+            "mediapipe/modules/face_landmark/face_landmark.tflite",
+            "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814",
+        ),
     )
 }
+
+
+DETECTORS = ("short_range", "full_range")  # the BlazeFace models; MODELS also holds the face mesh's source
 
 
 def sha256_file(path: Path) -> str:

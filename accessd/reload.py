@@ -31,7 +31,8 @@ class Parts:
 
 
 def _pipeline_changed(old: Config, new: Config) -> bool:
-    return (old.model, old.detector, old.state_dir) != (new.model, new.detector, new.state_dir)
+    return ((old.model, old.detector, old.state_dir, old.liveness)
+            != (new.model, new.detector, new.state_dir, new.liveness))
 
 
 def rebuild(current: Parts, config: Config, cancel: threading.Event | None = None) -> Parts:

@@ -21,6 +21,9 @@ class Outcome(enum.Enum):
 
     GRANT = "grant"
     DENY = "deny"
+    # A face verified as someone enrolled, refused because it looks presented (a photo, a
+    # screen): the decision names the liveness check that fired in `check`.
+    SPOOF_SUSPECTED = "spoof_suspected"
 
     @property
     def exit_code(self) -> int:
@@ -84,6 +87,10 @@ class FaceResult:
     people: tuple[PersonScore, ...]
     candidate: str | None  # verified with margin over the runner-up, else None
     rival: str | None = None  # set when refused because the face is close to this person too
+    # Liveness signals, measured on verified faces only: the eye aspect ratio (None when
+    # not measured) and the instrument check's finding (a picture's frame around the face).
+    ear: float | None = None
+    instrument: str | None = None
 
     @property
     def best(self) -> PersonScore | None:

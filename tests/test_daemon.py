@@ -52,12 +52,17 @@ def enrol(gallery: Path, person: str, sources: list[Path]) -> None:
 def write_config(path: Path, model: Path, **sections: dict[str, object]) -> Path:
     import yaml
 
+    # Liveness: most tests hold LFW photos before the camera, which never blink, so the checks
+    # are off unless a test names `liveness` (then the shipped defaults, less what it overrides).
+    liveness = {"blink": False, "instrument": False, "motion": False} if "liveness" not in sections else {}
     data: dict[str, object] = {
         "model": {"path": str(model)},  # default providers: CUDA first, CPU fallback
         "detector": {"models_dir": str(REPO / "models/detector")},
         "state_dir": str(path.parent / "state"),
         "metrics": {"port": 0},  # tests run daemons side by side; test_metrics binds its own port
         **sections,
+        "liveness": {"mesh_model": str(REPO / "models/face_mesh.onnx"), **liveness,
+                     **dict(sections.get("liveness") or {})},
     }
     path.write_text(yaml.safe_dump(data))
     return path
@@ -395,14 +400,16 @@ class Scripted:
         pass
 
 
-def _door_in_process(tmp_path: Path, model: Path, **decision: object) -> object:
+def _door_in_process(tmp_path: Path, model: Path, liveness: dict[str, object] | None = None,
+                     **decision: object) -> object:
     from accessd.config import load_config
     from accessd.daemon import Daemon
 
     gallery = tmp_path / "g"
     enrol(gallery, PERSON, photos(PERSON)[:3])
     cfg = write_config(tmp_path / "config.yaml", model, gallery={"dir": str(gallery)},
-                       audit={"path": str(tmp_path / "a.jsonl")}, decision=decision)
+                       audit={"path": str(tmp_path / "a.jsonl")}, decision=decision,
+                       **({"liveness": liveness} if liveness is not None else {}))
     return Daemon(load_config(cfg))
 
 
@@ -442,3 +449,18 @@ def test_a_revoked_person_is_refused_from_the_next_frame(tmp_path: Path, trained
     grants = [r["frame"] for r in audit(tmp_path / "a.jsonl") if r["decision"] == "grant"]
     assert len(grants) >= 2 and max(grants) <= revoked_at, grants  # granted until then, never after
     assert done == [True]  # the call returned once the frame loop had applied it
+
+
+def test_a_suspected_spoof_is_audited_counted_and_keeps_its_snapshot_face(tmp_path: Path,
+                                                                         trained_model: Path) -> None:
+    import threading
+
+    daemon = _door_in_process(tmp_path, trained_model, liveness={"max_wait_s": 1.0, "instrument": False},
+                              deny_interval_s=30.0)
+    face = paste(read_image(photos(PERSON)[20]))  # a photo: it never blinks
+    script = [(face, i / 15, None) for i in range(30)]
+    assert daemon.run(threading.Event(), source=Scripted(script)) == 0  # type: ignore[attr-defined]
+    records = audit(tmp_path / "a.jsonl")
+    assert [(r["decision"], r["check"], r["closest"]) for r in records] == [("spoof_suspected", "blink", PERSON)]
+    registry = daemon.metrics.registry  # type: ignore[attr-defined]
+    assert registry.get_sample_value("accessd_spoof_suspected_total", {"check": "blink"}) == 1.0

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from accessd.config import DecisionConfig
+from accessd.config import DecisionConfig, LivenessConfig
 from accessd.decide import DecisionMaker, Thresholds, quorum_scores, score_faces
 from accessd.gallery import Gallery, Photo
 from accessd.types import Face, FaceResult, Outcome, PersonScore
@@ -243,9 +243,10 @@ def _face_with_mouth_at(y: float) -> Face:
 
 
 def test_liveness_needs_a_second_of_natural_motion() -> None:
-    cfg = DecisionConfig(liveness_check=True, liveness_window_s=1.0, liveness_min_motion=0.02, deny_interval_s=0.5)
-    still = DecisionMaker(cfg, "t")
-    live = DecisionMaker(cfg, "t")
+    cfg = DecisionConfig(deny_interval_s=0.5)
+    motion_only = LivenessConfig(blink=False, instrument=False, motion=True, motion_window_s=1.0, motion_min=0.02)
+    still = DecisionMaker(cfg, "t", motion_only)
+    live = DecisionMaker(cfg, "t", motion_only)
     still_out, live_out = [], []
     for i in range(40):  # 30 fps
         ps = (PersonScore("ann", 1.0, 0.9, 4),)
@@ -254,8 +255,8 @@ def test_liveness_needs_a_second_of_natural_motion() -> None:
         live_out.append(live.update(i, i / 30, [FaceResult(talking, ps, "ann")]))
     still_d = [d for d in still_out if d is not None]
     live_d = [d for d in live_out if d is not None]
-    assert still_d and all(d.outcome is Outcome.DENY for d in still_d)
-    assert "no natural face motion" in still_d[0].reason
+    assert still_d and all(d.outcome is Outcome.SPOOF_SUSPECTED for d in still_d)
+    assert "no natural face motion" in still_d[0].reason and still_d[0].extra["check"] == "motion"
     assert live_d and live_d[0].outcome is Outcome.GRANT
     assert live_d[0].ts >= 0.8  # waited for the window, not just K frames
 
@@ -280,3 +281,76 @@ def test_template_is_each_persons_mean_embedding() -> None:
                                                      for i, p in enumerate(["ann", "ann", "bob"])))
     np.testing.assert_allclose(g.templates, [[2, 0], [0, 5]])
     assert Gallery.empty(4).templates.shape == (0, 4)
+
+
+BLINK_ONLY = LivenessConfig(blink=True, instrument=False, motion=False, max_wait_s=3.0)
+OPEN_EAR, CLOSED_EAR = 0.30, 0.18
+
+
+def seen(ear: float | None = OPEN_EAR, instrument: str | None = None) -> list[FaceResult]:
+    ps = (PersonScore("ann", 1.0, 0.9, 4),)
+    return [FaceResult(FACE, ps, "ann", ear=ear, instrument=instrument)]
+
+
+def run(dm: DecisionMaker, ears: list[float | None], fps: float = 15.0, t0: float = 0.0) -> list[tuple[float, object]]:
+    out = []
+    for i, e in enumerate(ears):
+        d = dm.update(i, t0 + i / fps, seen(e))
+        if d is not None:
+            out.append((round(t0 + i / fps, 3), d))
+    return out
+
+
+def test_a_grant_waits_for_a_blink_and_comes_with_it() -> None:
+    dm = DecisionMaker(DecisionConfig(), "t", BLINK_ONLY)
+    ears: list[float | None] = [OPEN_EAR] * 20 + [CLOSED_EAR] * 3 + [OPEN_EAR] * 5  # a 200 ms blink at 1.33 s
+    decisions = run(dm, ears)
+    assert len(decisions) == 1
+    ts, d = decisions[0]
+    assert d.outcome is Outcome.GRANT and 1.5 <= ts <= 1.6  # type: ignore[attr-defined]
+
+
+def test_no_blink_within_the_wait_is_a_suspected_spoof_counted_towards_the_lockout() -> None:
+    cfg = DecisionConfig(deny_interval_s=0.0, lockout_denies=2, lockout_window_s=60.0, lockout_s=100.0)
+    dm = DecisionMaker(cfg, "t", BLINK_ONLY)
+    decisions = run(dm, [OPEN_EAR] * 100)  # a photo: eyes open, never closing, 6.7 s
+    outcomes = [d.outcome for _, d in decisions]  # type: ignore[attr-defined]
+    assert outcomes[:2] == [Outcome.SPOOF_SUSPECTED] * 2 and set(outcomes[2:]) == {Outcome.DENY}
+    assert all(d.reason.startswith("locked out") for _, d in decisions[2:])  # type: ignore[attr-defined]
+    first_ts, first = decisions[0]
+    assert first_ts == 3.0 and first.extra == {"closest": "ann", "check": "blink"}  # type: ignore[attr-defined]
+    assert "no blink within 3 s" in first.reason and first.person is None  # type: ignore[attr-defined]
+    assert "lockout for 100 s after 2 denies" in decisions[1][1].reason  # type: ignore[attr-defined]
+    assert dm.lockout_left() > 90
+
+
+def test_a_glance_down_is_not_a_blink() -> None:
+    """The shared clip's downward glance: the lids drop as far as in a blink but stay low ~0.9 s."""
+    dm = DecisionMaker(DecisionConfig(), "t", BLINK_ONLY)
+    ears: list[float | None] = [OPEN_EAR] * 15 + [CLOSED_EAR] * 3 + [0.24] * 11 + [OPEN_EAR] * 40
+    decisions = run(dm, ears)
+    assert [d.outcome for _, d in decisions] == [Outcome.SPOOF_SUSPECTED]  # type: ignore[attr-defined]
+
+
+def test_a_blink_before_a_reconnect_does_not_count_after_it() -> None:
+    blink: list[float | None] = [OPEN_EAR] * 10 + [CLOSED_EAR] * 2 + [OPEN_EAR] * 3
+    kept, reset = (DecisionMaker(DecisionConfig(grant_cooldown_s=5.0, confirm_max_age_s=10.0), "t", BLINK_ONLY)
+                   for _ in range(2))
+    for dm in (kept, reset):
+        assert [d.outcome for _, d in run(dm, blink)] == [Outcome.GRANT]  # type: ignore[attr-defined]
+        assert run(dm, blink, t0=2.0) == []  # blinks again during the cooldown
+    reset.reset()  # the camera reconnected
+    assert [d.outcome for _, d in run(kept, [OPEN_EAR] * 5, t0=6.0)] == [Outcome.GRANT]  # type: ignore[attr-defined]
+    assert run(reset, [OPEN_EAR] * 20, t0=6.0) == []  # waits for a new blink
+
+
+def test_a_face_inside_a_picture_frame_is_a_suspected_spoof() -> None:
+    live = LivenessConfig(blink=False, instrument=True, motion=False, instrument_frames=2)
+    dm = DecisionMaker(DecisionConfig(confirm_frames=3, confirm_window=5), "t", live)
+    framed = "instrument: straight edges around the face on 4 sides (bottom, left, right, top)"
+    outs = [dm.update(i, i / 15, seen(instrument=framed if i < 2 else None)) for i in range(6)]
+    d = next(o for o in outs if o is not None)
+    assert d.outcome is Outcome.SPOOF_SUSPECTED and d.extra["check"] == "instrument" and framed in d.reason
+    clean = DecisionMaker(DecisionConfig(confirm_frames=3, confirm_window=5), "t", live)
+    outs = [clean.update(i, i / 15, seen(instrument=framed if i == 1 else None)) for i in range(6)]
+    assert next(o for o in outs if o is not None).outcome is Outcome.GRANT  # one frame is not enough

@@ -269,3 +269,29 @@ def test_daemon_publishes_every_audited_decision(tmp_path: Path, broker: Broker,
         assert sub.next("accessd/availability") == ("offline", False)
     finally:
         sub.close()
+
+
+def test_a_suspected_spoof_is_published_like_any_decision(tmp_path: Path, broker: Broker,
+                                                          trained_model: Path) -> None:
+    """An enrolled person's photos held up (they never blink): refused as spoof_suspected, and on MQTT."""
+    from tests.test_daemon import PERSON, audit, enrol, photos, run_daemon, write_config, write_video
+
+    gallery = tmp_path / "g"
+    enrol(gallery, PERSON, photos(PERSON)[:10])
+    video = tmp_path / "door.avi"
+    write_video(video, [photos(PERSON)[20:24]], 10)  # 4 s at 10 frames/s
+    log = tmp_path / "audit.jsonl"
+    cfg = write_config(tmp_path / "config.yaml", trained_model, gallery={"dir": str(gallery)},
+                       audit={"path": str(log)}, mqtt={"host": "127.0.0.1", "port": broker.port},
+                       decision={"deny_interval_s": 1.0}, liveness={"max_wait_s": 1.0, "instrument": False})
+    sub = Subscriber(broker, "accessd/decision")
+    try:
+        result = run_daemon("run", "--config", str(cfg), "--source", str(video))
+        assert result.returncode == 0, result.stderr[-3000:]
+        records = audit(log)
+        assert records and {r["decision"] for r in records} == {"spoof_suspected"}, records
+        assert records[0]["check"] == "blink" and records[0]["closest"] == PERSON
+        published = [json.loads(sub.next("accessd/decision")[0]) for _ in records]
+        assert published == records
+    finally:
+        sub.close()

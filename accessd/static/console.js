@@ -94,7 +94,7 @@ async function loadDecisions() {
       action.append(b);
     }
     rows.append(el("tr", { "data-id": d.id || "" },
-      el("td", {}, d.ts), el("td", { class: d.decision }, d.decision), el("td", {}, d.person || (d.closest ? `unknown (closest: ${d.closest})` : "-")),
+      el("td", {}, d.ts), el("td", { class: d.decision }, d.decision), el("td", {}, d.person || (d.closest ? (d.decision === "spoof_suspected" ? `looked like ${d.closest}` : `unknown (closest: ${d.closest})`) : "-")),
       el("td", {}, Number(d.score).toFixed(3)), el("td", {}, d.reason || ""), el("td", {}, snap), action));
   }
   $("page").textContent = ` ${page * PAGE + 1}-${page * PAGE + data.decisions.length}${data.more ? "" : " (end)"} `;
