@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--photos", type=int, default=1000)
+    p.add_argument("--no-liveness", action="store_true", help="with the liveness checks off (to compare)")
     args = p.parse_args(argv)
     samples = shared_dir() / "data/samples"
     with tempfile.TemporaryDirectory(prefix="accessd-startup-") as tmp_name:
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             "metrics": {"port": 0}, "web": {"port": 0},
             "model": {"path": str(REPO / "models/accessd-resnet.onnx")},
             "detector": {"models_dir": str(REPO / "models/detector")},
+            "liveness": {"mesh_model": str(REPO / "models/face_mesh.onnx"),
+                         **({"blink": False, "instrument": False, "motion": False} if args.no_liveness else {})},
         }))
         cold = until_ready(config, tmp)
         rows: dict[str, list[tuple[float, float]]] = {"verify": [], "run (cached)": [], "enroll --list": []}
@@ -123,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
                                                  "--config", str(config))))
             rows["run (cached)"].append(until_ready(config, tmp))
             rows["enroll --list"].append(timed(_accessd("enroll", "--list", "--config", str(config))))
-    print(f"accessd start-up, median of {args.runs} runs ({n} photos enrolled; {os.cpu_count()} cores)")
+    live = "off" if args.no_liveness else "on"
+    print(f"accessd start-up, median of {args.runs} runs ({n} photos enrolled; liveness {live}; "
+          f"{os.cpu_count()} cores)")
     print(f"{'command':<46} {'seconds':>8} {'peak RSS MB':>12}")
     labels = {"verify": "verify obama.jpg obama3.jpg (wall)",
               "run (cached)": f"run, {n} cached photos (to READY=1)",

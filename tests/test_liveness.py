@@ -89,7 +89,9 @@ def test_the_instrument_check_finds_a_pictures_frame(clip: list[tuple[Image, Fac
             faces = det.detect(image)
             assert faces, species
             found.append(picture_frame(image, max(faces, key=lambda f: f.area)))
-    assert sum(1 for f in found if f) >= 0.8 * len(found), found
+    # The door refuses an attempt once 2 of its frames show a frame; here 10 frames over 2 s show
+    # it at least 3 times (per frame it is found in 73-100 % of the frames, train/spoof_eval.py).
+    assert sum(1 for f in found if f) >= 3, found
     assert all(f.startswith("instrument: straight edges around the face on ") for f in found if f)
 
 

@@ -18,7 +18,7 @@ picture's face is about the size of a person's 60 cm to 1 m from the camera.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -185,6 +185,12 @@ def attack(species: str, frames: list[ClipFrame], photo_index: int, start: int, 
            rng: np.random.Generator) -> list[Image]:
     """`n` camera frames of one attempt of `species`; `photo_index` is the clip frame printed or shown,
     `start` where a replay (or the live eyes behind a cut print) begins in the clip."""
+    return list(attack_frames(species, frames, photo_index, start, n, fps, rng))
+
+
+def attack_frames(species: str, frames: list[ClipFrame], photo_index: int, start: int, n: int, fps: float,
+                  rng: np.random.Generator) -> Iterator[Image]:
+    """`attack`, one frame at a time: an evaluation that has its answer stops early."""
     background = wall(rng)
     photo = portrait(frames[photo_index])
     height = rng.uniform(300, 380)  # the picture's height on screen; its face is then 110-150 px
@@ -214,8 +220,6 @@ def attack(species: str, frames: list[ClipFrame], photo_index: int, start: int, 
         make = lambda i: as_phone(portrait(live(i), framing=framing), rng=np.random.default_rng(glare))  # noqa: E731
     else:
         raise ValueError(f"unknown attack species {species!r}; one of {', '.join(SPECIES)}")
-    out = []
     for i, pose in enumerate(poses):
         obj, mask = make(i)
-        out.append(sensor(place(background, obj, mask, pose), rng))
-    return out
+        yield sensor(place(background, obj, mask, pose), rng)
