@@ -60,7 +60,9 @@ class Pipeline:
         self._side_detector: FaceDetector | None = None  # the console's verify, one call at a time
         self._side_lock = threading.Lock()
         live = config.liveness
-        self.mesh = FaceMesh(live.mesh_model, config.model.threads) if live.blink else None
+        # One thread: a 192 px crop gains nothing from more, and a second spinning thread pool
+        # beside the face model's only takes cores from it.
+        self.mesh = FaceMesh(live.mesh_model, threads=1) if live.blink else None
         self._cache = EmbeddingCache(
             config.state_dir,
             cache_key(self.model.sha256, self.detector.model_path.name, config.detector.min_confidence),

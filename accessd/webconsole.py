@@ -66,7 +66,7 @@ def start_console(daemon: Daemon) -> WebServer | None:
                 "margin": t.margin, "score_margin": t.score_margin, "template_threshold": t.template,
                 "confirm_frames": d.confirm_frames,
                 "confirm_window": d.confirm_window, "lockout_denies": d.lockout_denies, "lockout_s": d.lockout_s,
-                "liveness": {k: v for k, v in vars(daemon.config.liveness).items() if k != "mesh_model"}}
+                **{f"liveness.{k}": v for k, v in vars(daemon.config.liveness).items() if k != "mesh_model"}}
 
     def check() -> list[dict[str, Any]]:
         from accessd.enrolcheck import check as check_gallery

@@ -11,7 +11,10 @@ phone showing a photo; a phone replaying the clip): there is no real attack
 footage here. Each attempt's frames go through `Pipeline.analyse`
 (MediaPipe, the model, the face mesh, the instrument check) once, and are
 then decided by a fresh `DecisionMaker` under each liveness configuration, so
-the layers can be compared on the same frames:
+the layers can be compared on the same frames (attacks are not decided under
+"blink only", which would hold each one for the whole wait; an attempt ends
+when every other configuration has granted or refused it, and a granted one is
+printed with what the checks saw, frame by frame):
 
 - APCER per species: the share of attack attempts granted (with its one-sided
   95 % Clopper-Pearson upper bound: 0 of 100 still allows up to 3.0 %);
@@ -89,13 +92,19 @@ def decide(config: Config, liveness: LivenessConfig, frames: list[list[FaceResul
 
 
 def decide_all(config: Config, configs: dict[str, LivenessConfig], frames: Iterator[Image], pipeline: Pipeline,
-               gallery: Gallery, fps: float) -> dict[str, tuple[str, str | None, float | None]]:
+               gallery: Gallery, fps: float,
+               trace: list[str] | None = None) -> dict[str, tuple[str, str | None, float | None]]:
     """`decide` under every configuration at once, analysing each frame once and no frame more than
-    needed: the attempt ends when every configuration has granted or refused it."""
+    needed: the attempt ends when every configuration has granted or refused it. `trace` collects,
+    per frame, what the checks saw of the first verified face (why an attack got through)."""
     makers = {name: DecisionMaker(config.decision, "spoof_eval", live) for name, live in configs.items()}
     done: dict[str, tuple[str, str | None, float | None]] = {}
     for i, frame in enumerate(frames):
         results = pipeline.analyse(frame, gallery).results
+        if trace is not None:
+            r = next((r for r in results if r.candidate), None)
+            trace.append("-" if r is None else f"{'F' if r.instrument else '.'}{r.ear or 0:.2f}@{r.face.y:.0f}+"
+                                                f"{r.face.height:.0f}")
         for name, dm in makers.items():
             if name in done:
                 continue
@@ -173,8 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.attempts):
             photo, start = int(rng.choice(usable)), int(rng.integers(len(frames)))
             frames_of = attack_frames(s, frames, photo, start, n, args.fps, rng)
-            for name, result in decide_all(config, attack_configs, frames_of, pipeline, gallery, args.fps).items():
+            trace: list[str] = []
+            decided = decide_all(config, attack_configs, frames_of, pipeline, gallery, args.fps, trace)
+            for name, result in decided.items():
                 outcomes[name].append(result)
+            if decided["default"][0] == "grant":  # say how it got through: F = framed; EAR; face top+height
+                print(f"{s}: GRANTED photo {photo} start {start}: {' '.join(trace)}", flush=True)
         attacks[s] = {name: _attack_summary(o) for name, o in outcomes.items()}
         print(f"{s}: default {attacks[s]['default']} ({time.monotonic() - t0:.0f} s)", flush=True)
     report["attacks"] = attacks
