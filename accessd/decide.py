@@ -146,7 +146,7 @@ class DecisionMaker:
         self._deny_after = float("-inf")
         self._denies: deque[float] = deque()
         self._locked_until = float("-inf")
-        self._verified: deque[tuple[float, str, Face]] = deque()  # for the motion check
+        self._verified: deque[tuple[float, Face]] = deque()  # the attempt's faces, for the motion check
         self._last_ts = float("-inf")
         # The attempt: one person verified without a gap, since when, and whether they blinked.
         self._attempt: tuple[str, float] | None = None
@@ -165,11 +165,12 @@ class DecisionMaker:
     def reset(self) -> None:
         """Forget the frames seen so far (the source reconnected, or who is enrolled changed)."""
         self._history.clear()
-        self._verified.clear()
         self._end_attempt()
 
     def _end_attempt(self) -> None:
+        """The attempt's liveness evidence belongs to it alone: a new person or a gap starts afresh."""
         self._attempt = None
+        self._verified.clear()
         self._blinks.reset()
         self._blinked = False
         self._framed = []
@@ -187,7 +188,7 @@ class DecisionMaker:
             return None  # a frame without a face neither counts nor decides
         self._history.append(picked)
         if picked.person is not None:
-            self._follow_attempt(ts, picked)
+            self._follow_attempt(ts, picked.person, picked.result)
         k = self.config.confirm_frames
         if picked.person is None:
             unknown = sum(1 for s in self._history if s.person is None)
@@ -206,41 +207,34 @@ class DecisionMaker:
                 return None
             left = self._locked_until - ts
             return self._decision(Outcome.DENY, None, picked.result, frame, ts, f"locked out ({left:.0f} s left)")
-        spoof = self._liveness_problem(person, ts)
+        spoof = self._liveness_problem(ts)
         if spoof is _WAIT:
             return None  # not yet known: keep the window, decide on a later frame
         if spoof is not None:
             check, reason = spoof
-            self._history.clear()
-            self._verified.clear()
-            self._end_attempt()
+            self.reset()
             if not self._deny_slot(ts):
                 return None
             if self._count_deny(ts):
                 reason += f"; lockout for {self.config.lockout_s:.0f} s after {len(self._denies)} denies"
             return self._decision(Outcome.SPOOF_SUSPECTED, None, picked.result, frame, ts, reason, check)
-        self._history.clear()
-        self._verified.clear()
-        self._end_attempt()
+        self.reset()
         self._grant_after = ts + self.config.grant_cooldown_s
         return self._decision(Outcome.GRANT, person, picked.result, frame, ts, "verified")
 
-    def _follow_attempt(self, ts: float, picked: _Seen) -> None:
+    def _follow_attempt(self, ts: float, person: str, result: FaceResult) -> None:
         """Track the verified person's attempt: when it began, the blink signal, the keypoints."""
-        person = picked.person
-        if person is None:
-            return
         if self._attempt is None or self._attempt[0] != person:
             self._end_attempt()
             self._attempt = (person, ts)
         if self.liveness.motion:
-            self._verified.append((ts, person, picked.result.face))
-        if self.liveness.blink and picked.result.ear is not None and self._blinks.add(ts, picked.result.ear):
+            self._verified.append((ts, result.face))
+        if self.liveness.blink and result.ear is not None and self._blinks.add(ts, result.ear):
             self._blinked = True
-        if self.liveness.instrument and picked.result.instrument:
-            self._framed.append(picked.result.instrument)
+        if self.liveness.instrument and result.instrument:
+            self._framed.append(result.instrument)
 
-    def _liveness_problem(self, person: str, ts: float) -> tuple[str, str] | None:
+    def _liveness_problem(self, ts: float) -> tuple[str, str] | None:
         """(check, reason) when the attempt looks presented; _WAIT while it cannot tell yet; None: live."""
         live = self.liveness
         if live.instrument and len(self._framed) >= live.instrument_frames:
@@ -253,7 +247,7 @@ class DecisionMaker:
         if live.motion:
             if ts - started < 0.8 * live.motion_window_s:
                 return _WAIT
-            motion = landmark_motion([f for _, p, f in self._verified if p == person])
+            motion = landmark_motion([f for _, f in self._verified])
             if motion < live.motion_min:
                 return "motion", f"no natural face motion ({motion:.4f}): possible photo"
         return None
@@ -266,7 +260,6 @@ class DecisionMaker:
         if self._attempt is not None and not any(s.person == self._attempt[0] for s in self._history):
             # The person has not been verified for confirm_max_age_s: a gap ends the attempt,
             # and the blink or motion before it says nothing about the face now.
-            self._verified.clear()
             self._end_attempt()
 
     def _deny_slot(self, ts: float) -> bool:
