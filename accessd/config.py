@@ -33,7 +33,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Range:
-    """The values a numeric key accepts; `_check_ranges` names the key and value outside it."""
+    """The values a numeric key accepts; `_build` names the key and value outside it."""
 
     lo: float | None = None
     hi: float | None = None
@@ -156,8 +156,8 @@ class LivenessConfig:
     # MediaPipe's face mesh) for at most max_wait_s, then the attempt is refused as "no blink".
     blink: bool = True
     max_wait_s: float = _in(6.0, 0.5, 60.0)
-    # Instrument: a straight-edged frame close around the face on 3 or 4 sides (a paper's
-    # edge, a phone's bezel) in at least instrument_frames of the frames being confirmed.
+    # Instrument: a straight-edged frame close around the face on all four sides (a paper's
+    # edge, a phone's bezel) in at least instrument_frames frames of the attempt.
     instrument: bool = True
     instrument_frames: int = _in(2, 1, 100)
     # Motion: the face's keypoints must move relative to its box over motion_window_s (a
@@ -167,10 +167,6 @@ class LivenessConfig:
     motion_min: float = _in(0.02, 0.0, 1.0)
     # The 468-point face mesh in ONNX, converted from MediaPipe's wheel (export/face_mesh_to_onnx.py).
     mesh_model: Path = Path("models/face_mesh.onnx")
-
-    @property
-    def enabled(self) -> bool:
-        return self.blink or self.instrument or self.motion
 
 
 @dataclass(frozen=True)
@@ -337,7 +333,7 @@ def _build(cls: Any, data: Any, prefix: str, problems: list[str], base: Path) ->
             if isinstance(value, Path) and not value.is_absolute():
                 value = base / value
         rng = f.metadata.get("range")
-        if rng is not None and isinstance(value, int | float) and not isinstance(value, bool):
+        if rng is not None and _numbers(value):
             problem = rng.problem(value)
             if problem is not None:
                 problems.append(f"{key}: {problem} (got {value!r})")
