@@ -125,17 +125,23 @@ def eye_angle(face: Face) -> float:
     return math.degrees(math.atan2(ly - ry, lx - rx))
 
 
+def levelled(face: Face, side: float, size: int) -> npt.NDArray[np.float64]:
+    """The 2 x 3 map from frame pixels to a size x size square of `side` frame pixels centred on
+    the face, rotated so its eyes are level (the face crop, the mesh crop, the instrument region)."""
+    cx, cy = face.center
+    matrix = cv2.getRotationMatrix2D((cx, cy), eye_angle(face), size / max(side, 1.0))
+    matrix[0, 2] += size / 2.0 - cx  # the face's centre to the square's centre
+    matrix[1, 2] += size / 2.0 - cy
+    return np.asarray(matrix, np.float64)
+
+
 def align_face(image: Image, face: Face, size: int, margin: float = DEFAULT_MARGIN) -> Image:
     """Return a size x size RGB crop of `face`, eyes level, with `margin` around the box."""
     if size <= 0:
         raise ValueError(f"crop size must be positive, got {size}")
-    cx, cy = face.center
     side = max(face.width, face.height) * (1.0 + 2.0 * margin)
     scale = size / max(side, 1.0)
-    matrix = cv2.getRotationMatrix2D((cx, cy), eye_angle(face), scale)
-    # Move the face centre to the crop centre.
-    matrix[0, 2] += size / 2.0 - cx
-    matrix[1, 2] += size / 2.0 - cy
+    matrix = levelled(face, side, size)
     crop = cv2.warpAffine(
         image,
         matrix,

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from accessd.align import eye_angle
+from accessd.align import levelled
 from accessd.types import Face, Image
 
 
@@ -53,13 +53,9 @@ def frame_sides(image: Image, face: Face, rule: FrameRule) -> set[str]:
     size = max(face.width, face.height)
     if size < 8:
         return set()
-    cx, cy = face.center
     # Level the eyes and centre the face: the picture's edges become horizontal and vertical.
-    half = rule.region * size / 2.0
-    scale = rule.work_px / (2.0 * half)
-    matrix = cv2.getRotationMatrix2D((cx, cy), eye_angle(face), scale)
-    matrix[0, 2] += rule.work_px / 2.0 - cx
-    matrix[1, 2] += rule.work_px / 2.0 - cy
+    scale = rule.work_px / (rule.region * size)
+    matrix = levelled(face, rule.region * size, rule.work_px)
     # Outside the camera's picture is "unknown", not an edge: beyond the frame, and black
     # padding (letterboxing, a photo pasted onto black) reaching the frame's or the region's edge.
     region = cv2.warpAffine(image, matrix, (rule.work_px, rule.work_px), flags=cv2.INTER_LINEAR,

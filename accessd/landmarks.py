@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from accessd.align import eye_angle
+from accessd.align import levelled
 from accessd.types import Face, Image
 
 log = logging.getLogger(__name__)
@@ -46,13 +46,9 @@ class Landmarks:
 
 def mesh_crop(image: Image, face: Face) -> tuple[Image, npt.NDArray[np.float64]]:
     """The mesh's input for `face` and the 2 x 3 affine map from frame to crop pixels."""
-    cx, cy = face.center
-    side = max(face.width, face.height) * SCALE
-    matrix = cv2.getRotationMatrix2D((cx, cy), eye_angle(face), SIZE / max(side, 1.0))
-    matrix[0, 2] += SIZE / 2.0 - cx
-    matrix[1, 2] += SIZE / 2.0 - cy
+    matrix = levelled(face, max(face.width, face.height) * SCALE, SIZE)
     crop = cv2.warpAffine(image, matrix, (SIZE, SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return np.ascontiguousarray(crop, dtype=np.uint8), np.asarray(matrix, np.float64)
+    return np.ascontiguousarray(crop, dtype=np.uint8), matrix
 
 
 class FaceMesh:
