@@ -43,6 +43,7 @@ class GalleryWatcher:
         self._lock = threading.Lock()
         self._last_event = 0.0
         self._dirty = False
+        self._events = 0  # inotify events so far: the poll leaves alone what they already reported
         self._signature = signature(root)
         self._stop = threading.Event()
         self._observer: Any = None
@@ -57,7 +58,7 @@ class GalleryWatcher:
             class Handler(FileSystemEventHandler):
                 def on_any_event(self, event: FileSystemEvent) -> None:
                     if event.event_type != "opened" and event.event_type != "closed_no_write":
-                        watcher.mark()
+                        watcher.mark(event=True)
 
             self.root.mkdir(parents=True, exist_ok=True)
             observer = Observer()
@@ -71,18 +72,22 @@ class GalleryWatcher:
         self._poller = threading.Thread(target=self._poll, name="gallery-poll", daemon=True)
         self._poller.start()
 
-    def mark(self, settled: bool = False) -> None:
+    def mark(self, settled: bool = False, event: bool = False) -> None:
         with self._lock:
             self._dirty = True
             self._last_event = 0.0 if settled else time.monotonic()
+            self._events += event
 
     def _poll(self) -> None:
+        seen = self._events
         while not self._stop.wait(self.poll_s):
             sig = signature(self.root)
             with self._lock:
-                changed = sig != self._signature
-                self._signature = sig
-            if changed:
+                # A difference that inotify reported since the last poll is already being
+                # rebuilt; flagging it again cost a second full rescan of the gallery.
+                missed = sig != self._signature and self._events == seen
+                self._signature, seen = sig, self._events
+            if missed:
                 self.mark(settled=True)  # a poll sees a settled state
 
     def changed(self) -> bool:

@@ -226,6 +226,24 @@ def test_polling_fallback_sees_changes_without_inotify(tmp_path: Path) -> None:
         watcher.close()
 
 
+def test_a_change_inotify_reported_is_not_flagged_again_by_the_poll(tmp_path: Path) -> None:
+    """Each inotify-reported change was rebuilt twice: once for the event, once when the next
+    poll saw the same difference."""
+    from accessd.watch import GalleryWatcher
+
+    watcher = GalleryWatcher(tmp_path, poll_s=1.0)
+    try:
+        (tmp_path / "new.jpg").write_bytes(b"x")
+        t0 = time.monotonic()
+        while not watcher.changed():  # inotify's report, settled after 0.3 s: before the first poll
+            assert time.monotonic() - t0 < 0.9, "inotify never reported the new file before the first poll"
+            time.sleep(0.05)
+        time.sleep(2.2)  # two polls
+        assert not watcher.changed()
+    finally:
+        watcher.close()
+
+
 def test_the_poll_never_runs_on_the_frame_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stat per photo every 5 s on the frame thread was a dropped frame (14 ms at 1,500 files)."""
     import threading
