@@ -36,7 +36,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -79,32 +79,14 @@ def layers(base: LivenessConfig) -> dict[str, LivenessConfig]:
             "motion only": replace(off, motion=True), "none": off}
 
 
-def decide(config: Config, liveness: LivenessConfig, frames: list[list[FaceResult]],
-           fps: float) -> tuple[str, str | None, float | None]:
-    """(outcome, check, seconds) of one attempt: the first grant or suspected spoof ends it."""
-    dm = DecisionMaker(config.decision, "spoof_eval", liveness)
-    for i, results in enumerate(frames):
-        d = dm.update(i, i / fps, results)
-        if d is None or d.outcome is Outcome.DENY:
-            continue
-        return d.outcome.value, d.extra.get("check") if d.extra else None, (i + 1) / fps  # type: ignore[return-value]
-    return "none", None, None
-
-
-def decide_all(config: Config, configs: dict[str, LivenessConfig], frames: Iterator[Image], pipeline: Pipeline,
-               gallery: Gallery, fps: float,
-               trace: list[str] | None = None) -> dict[str, tuple[str, str | None, float | None]]:
-    """`decide` under every configuration at once, analysing each frame once and no frame more than
-    needed: the attempt ends when every configuration has granted or refused it. `trace` collects,
-    per frame, what the checks saw of the first verified face (why an attack got through)."""
+def decide_all(config: Config, configs: dict[str, LivenessConfig], frames: Iterable[list[FaceResult]],
+               fps: float) -> dict[str, tuple[str, str | None, float | None]]:
+    """(outcome, check, seconds) of one attempt under every configuration: a fresh DecisionMaker
+    each, and the first grant or suspected spoof ends it for that one. `frames` (each frame's face
+    results) are consumed no further than needed: once every configuration has decided."""
     makers = {name: DecisionMaker(config.decision, "spoof_eval", live) for name, live in configs.items()}
     done: dict[str, tuple[str, str | None, float | None]] = {}
-    for i, frame in enumerate(frames):
-        results = pipeline.analyse(frame, gallery).results
-        if trace is not None:
-            r = next((r for r in results if r.candidate), None)
-            trace.append("-" if r is None else f"{'F' if r.instrument else '.'}{r.ear or 0:.2f}@{r.face.y:.0f}+"
-                                                f"{r.face.height:.0f}")
+    for i, results in enumerate(frames):
         for name, dm in makers.items():
             if name in done:
                 continue
@@ -114,6 +96,18 @@ def decide_all(config: Config, configs: dict[str, LivenessConfig], frames: Itera
         if len(done) == len(makers):
             break
     return {name: done.get(name, ("none", None, None)) for name in makers}
+
+
+def traced(frames: Iterator[Image], pipeline: Pipeline, gallery: Gallery,
+           trace: list[str]) -> Iterator[list[FaceResult]]:
+    """Each frame's face results, noting per frame what the checks saw of the first verified face
+    (F: framed, the eye aspect ratio, the face's top + height): why an attack got through."""
+    for frame in frames:
+        results = pipeline.analyse(frame, gallery).results
+        r = next((r for r in results if r.candidate), None)
+        trace.append("-" if r is None else f"{'F' if r.instrument else '.'}{r.ear or 0:.2f}@{r.face.y:.0f}+"
+                                            f"{r.face.height:.0f}")
+        yield results
 
 
 def upper_95(k: int, n: int) -> float:
@@ -183,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             photo, start = int(rng.choice(usable)), int(rng.integers(len(frames)))
             frames_of = attack_frames(s, frames, photo, start, n, args.fps, rng)
             trace: list[str] = []
-            decided = decide_all(config, attack_configs, frames_of, pipeline, gallery, args.fps, trace)
+            decided = decide_all(config, attack_configs, traced(frames_of, pipeline, gallery, trace), args.fps)
             for name, result in decided.items():
                 outcomes[name].append(result)
             if decided["default"][0] == "grant":  # say how it got through: F = framed; EAR; face top+height
@@ -232,15 +226,15 @@ def _bona_fide(config: Config, pipeline: Pipeline, gallery: Gallery, frames: lis
     out: dict[str, object] = {"windows": 0, "window_s": limit}
     waits: dict[str, list[float | None]] = {c: [] for c in configs}
     starts = range(0, len(frames), args.bona_fide_step)
-    for start in starts:
-        seq = []
+    def window(start: int) -> Iterator[list[FaceResult]]:
         for i in range(n):
             k = (start + i * step) % len(frames)
             if k not in analysed:
                 analysed[k] = pipeline.analyse(frames[k].image, gallery).results
-            seq.append(analysed[k])
-        for name, live in configs.items():
-            outcome, _, seconds = decide(config, live, seq, args.fps)
+            yield analysed[k]
+
+    for start in starts:
+        for name, (outcome, _, seconds) in decide_all(config, configs, window(start), args.fps).items():
             waits[name].append(seconds if outcome == "grant" else None)
     out["windows"] = len(starts)
     for name, w in waits.items():
