@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--sizes", default="10,100,1000")
     bench.add_argument("--frames", type=int, default=200)
+    bench.add_argument("--no-cascade", action="store_true",
+                       help="run every tower of a fused model on every face (to measure what the cascade saves)")
     bench.add_argument("--detectors", action="store_true",
                        help="instead: faces found by each detector model at 640x480 and 1280x720")
 
@@ -139,7 +141,8 @@ def _dispatch(config: Config, args: argparse.Namespace) -> int:
 
         if args.detectors:
             return run_detector_bench(config)
-        return run_bench(config, [int(s) for s in args.sizes.split(",")], args.frames, args.json)
+        return run_bench(config, [int(s) for s in args.sizes.split(",")], args.frames, args.json,
+                         cascade=not args.no_cascade)
     return 1
 
 

@@ -101,7 +101,7 @@ class DetectorConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    path: Path = Path("models/accessd-resnet.onnx")
+    path: Path = Path("models/accessd-fused.onnx")
     providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
     threads: int = _in(0, 0, 256)  # ONNX Runtime intra-op threads; 0 lets it pick
 

@@ -203,8 +203,8 @@ def load_gallery(
     root: Path,
     default_person: str,
     detect: Callable[[Image], list[Face]],
-    embed: Callable[[npt.NDArray[np.uint8]], Floats],
-    crop: CropSpec,
+    embed: Callable[[tuple[npt.NDArray[np.uint8], ...]], Floats],
+    crops: tuple[CropSpec, ...],
     cache: EmbeddingCache | None,
     dim: int,
     cancel: threading.Event | None = None,
@@ -215,7 +215,7 @@ def load_gallery(
         log.warning("gallery: skipping %s: %s", s.path, s.reason)
     photos: list[Photo] = []
     vectors: list[Floats | None] = []
-    pending: list[tuple[int, Image]] = []
+    pending: list[tuple[int, tuple[Image, ...]]] = []
     for person, path in found:
         if cancel is not None and cancel.is_set():
             raise LoadCancelled(f"gallery load of {root} cancelled")
@@ -227,6 +227,11 @@ def load_gallery(
             continue
         sha = hashlib.sha256(data).hexdigest()
         cached = cache.get(sha) if cache else None
+        if cached is not None and cached.shape != (dim,):
+            # Written by another model with the same key (or damaged): embed again, never misread.
+            log.warning("gallery: cached embedding of %s has shape %s, not (%d,): embedding it again",
+                        path, cached.shape, dim)
+            cached = None
         if cached is None:
             known = cache.skipped(sha) if cache else None
             if known is not None:
@@ -243,7 +248,7 @@ def load_gallery(
                 skipped.append(Skipped(path, face))
                 log.warning("gallery: skipping %s: %s", path, face)
                 continue
-            pending.append((len(photos), crop_face(image, face, crop)))
+            pending.append((len(photos), tuple(crop_face(image, face, spec) for spec in crops)))
         photos.append(Photo(person, path, sha))
         vectors.append(cached)
     # In small batches: ONNX Runtime's memory arena keeps the peak of the largest batch it
@@ -251,7 +256,8 @@ def load_gallery(
     # in batches of 16, 36 MB (`python -m accessd.soak --seconds 60 --enrol 500`).
     for start in range(0, len(pending), EMBED_BATCH):
         chunk = pending[start:start + EMBED_BATCH]
-        for (i, _), vec in zip(chunk, embed(np.stack([crop for _, crop in chunk])), strict=True):
+        batches = tuple(np.stack(parts) for parts in zip(*(c for _, c in chunk), strict=True))
+        for (i, _), vec in zip(chunk, embed(batches), strict=True):
             vectors[i] = vec
             if cache:
                 cache.put(photos[i].sha256, vec)

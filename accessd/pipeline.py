@@ -19,7 +19,7 @@ from accessd.imageio import ImageError, read_image
 from accessd.instrument import picture_frame
 from accessd.landmarks import FaceMesh
 from accessd.liveness import eye_aspect_ratio
-from accessd.model import SiameseModel
+from accessd.model import FaceCrops, SiameseModel, stack
 from accessd.provision import model_path
 from accessd.types import Face, FaceResult, Floats, Image
 
@@ -31,7 +31,7 @@ MESH_PRESENCE = 0.5  # below this the mesh doubts it sees a face: its eye points
 @dataclass
 class FrameAnalysis:
     faces: list[Face]
-    crops: list[Image]
+    crops: list[FaceCrops]  # per face, one crop per model tower
     results: list[FaceResult]
     seconds: dict[str, float] = field(default_factory=dict)  # per stage: detect, embed
     scores: Floats | None = None  # faces x gallery photos pair scores (None without faces)
@@ -68,8 +68,9 @@ class Pipeline:
             cache_key(self.model.sha256, self.detector.model_path.name, config.detector.min_confidence),
         )
 
-    def crop(self, image: Image, face: Face) -> Image:
-        return crop_face(image, face, self.model.contract.crop)
+    def crop(self, image: Image, face: Face) -> FaceCrops:
+        """The face cut out for each of the model's towers."""
+        return tuple(crop_face(image, face, spec) for spec in self.model.contract.crops)
 
     def load_gallery(self, root: Path | None = None, cancel: threading.Event | None = None) -> Gallery:
         """Safe beside `analyse` on another thread: enrolment has its own detector."""
@@ -80,7 +81,7 @@ class Pipeline:
             self.config.gallery.default_person,
             self._enrol_detector.detect,
             self.model.embed,
-            self.model.contract.crop,
+            self.model.contract.crops,
             self._cache,
             self.model.contract.embedding_size,
             cancel,
@@ -107,7 +108,7 @@ class Pipeline:
         if with_templates is None:
             with_templates = self.thresholds.template is not None
         targets = gallery.photos_and_templates if with_templates else gallery.embeddings
-        _, both = self.model.embed_and_score(np.stack(crops), targets)
+        _, both = self.model.embed_and_score(stack(crops), targets)
         scores, templates = both[:, :m], (both[:, m:] if with_templates else None)
         results = score_faces(faces, scores, gallery, self.thresholds, templates)
         t2 = time.perf_counter()
@@ -160,7 +161,7 @@ class Pipeline:
             face = single_face(self._side_detect(image))
             if isinstance(face, str):
                 continue
-            _, scores = self.model.embed_and_score(self.crop(image, face)[None], gallery.embeddings)
+            _, scores = self.model.embed_and_score(stack([self.crop(image, face)]), gallery.embeddings)
             rows[i] = scores[0]
         return rows
 

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             "source": {"uri": "rtsp://127.0.0.1:9/none"}, "gallery": {"dir": str(tmp / "gallery")},
             "state_dir": str(tmp / "state"), "audit": {"path": str(tmp / "audit.jsonl")},
             "metrics": {"port": 0}, "web": {"port": 0},
-            "model": {"path": str(REPO / "models/accessd-resnet.onnx")},
+            "model": {"path": str(REPO / "models/accessd-fused.onnx")},
             "detector": {"models_dir": str(REPO / "models/detector")},
             "liveness": {"mesh_model": str(REPO / "models/face_mesh.onnx"),
                          **({"blink": False, "instrument": False, "motion": False} if args.no_liveness else {})},

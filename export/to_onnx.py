@@ -74,12 +74,96 @@ def to_onnx(model: Any, opset: int = 17) -> Any:
     graph = proto.graph
     renames = dict(zip([i.name for i in graph.input], ["image", "gallery"], strict=True))
     renames.update(zip([o.name for o in graph.output], ["embedding", "scores"], strict=True))
-    for value in list(graph.input) + list(graph.output):
-        value.name = renames[value.name]
-    for node in graph.node:
-        node.input[:] = [renames.get(n, n) for n in node.input]
-        node.output[:] = [renames.get(n, n) for n in node.output]
+    _rename(proto, renames)
     return proto
+
+
+def fused_to_onnx(model: Any, second: Any, fusion: dict[str, Any], opset: int = 17) -> Any:
+    """Both towers and the fusion head in one graph, with the cascade (see the module docstring)."""
+    import tensorflow as tf
+    import tf2onnx
+
+    from train.model import embed_for_serving, parts
+
+    embed, head = parts(model)
+    size1, d1 = int(embed.input_shape[1]), int(embed.output_shape[-1])
+    size2, d2 = int(second.input_shape[1]), int(second.output_shape[-1])
+    kernel_np, bias_np = head.get_weights()
+    a, b, c = (float(fusion["fusion"][k]) for k in ("a", "b", "c"))
+    stranger_cos2 = float(fusion["stranger_mean_cos2"])
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, size1, size1, 3], tf.float32, name="image"),
+            tf.TensorSpec([None, d1 + d2], tf.float32, name="gallery"),
+            tf.TensorSpec([None, size2, size2, 3], tf.float32, name="image2"),
+            tf.TensorSpec([], tf.float32, name="gate"),
+        ]
+    )
+    def serve(image: Any, gallery: Any, image2: Any, gate: Any) -> dict[str, Any]:
+        e1 = embed_for_serving(embed, image)
+        g1, g2 = gallery[:, :d1], gallery[:, d1:]
+        diff = tf.abs(e1[:, None, :] - g1[None, :, :])
+        logit1 = tf.tensordot(diff, tf.constant(kernel_np[:, 0]), axes=1) + tf.constant(bias_np[0])
+        # The cascade, per face: the second tower runs only on faces whose best first-tower
+        # score reaches the gate (gate <= 0: on every face). For the others its cosine is
+        # taken to be a stranger's mean, and export proves they cannot then reach the
+        # detection threshold. Rows are gathered and scattered back rather than branched
+        # on: tf2onnx's If branches lose the convolutions' shapes, and a batch of zero
+        # faces costs nothing.
+        need = tf.logical_or(gate <= 0.0, tf.reduce_max(tf.sigmoid(logit1), axis=1) >= gate)
+        rows = tf.where(need)
+        chosen = second(tf.gather_nd(image2, rows), training=False)
+        e2 = tf.scatter_nd(rows, chosen, tf.stack([tf.shape(image2, out_type=tf.int64)[0], tf.constant(d2, tf.int64)]))
+        g2n = g2 / tf.maximum(tf.norm(g2, axis=1, keepdims=True), 1e-12)  # templates are means: renormalise
+        cos2 = tf.where(need[:, None], tf.matmul(e2, g2n, transpose_b=True), stranger_cos2)
+        scores = tf.sigmoid(a * logit1 + b * cos2 + c)
+        emb = tf.concat([e1, e2], axis=1)
+        return {"embedding": tf.identity(emb, name="embedding"), "scores": tf.identity(scores, name="scores")}
+
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=opset)
+    graph = proto.graph
+    renames = dict(zip([i.name for i in graph.input], ["image", "gallery", "image2", "gate"], strict=True))
+    renames.update(zip([o.name for o in graph.output], ["embedding", "scores"], strict=True))
+    _rename(proto, renames)
+    return proto
+
+
+def _rename(proto: Any, renames: dict[str, str]) -> None:
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        value.name = renames[value.name]
+    # Subgraphs (the cascade's If branches) read outer names too.
+    def walk(graph: Any) -> None:
+        for node in graph.node:
+            node.input[:] = [renames.get(n, n) for n in node.input]
+            node.output[:] = [renames.get(n, n) for n in node.output]
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    walk(attr.g)
+                for g in attr.graphs:
+                    walk(g)
+    walk(proto.graph)
+
+
+def cascade_gate(threshold: float, fusion: dict[str, Any]) -> float:
+    """The cascade's gate: the lower of two first-tower scores.
+
+    - below `limit`, no face can reach `threshold` with the stranger-mean cosine the graph
+      assumes for a skipped face, so skipping refuses no one who could have been granted
+      on the first tower's evidence;
+    - below the validation people's gate for this threshold lie only 0.1 % of the genuine
+      pairs the fused score accepts (train.fusion), so few faces that the second tower
+      would have rescued are skipped.
+    """
+    table = fusion["validation"]["gates"]
+    key = f"{threshold:.2f}"
+    if key not in table:
+        raise SystemExit(f"no cascade gate for detection threshold {threshold} in the fusion report; "
+                         f"it has {', '.join(table)}")
+    a, b, c = (float(fusion["fusion"][k]) for k in ("a", "b", "c"))
+    logit_thr = float(np.log(threshold / (1.0 - threshold)))
+    limit = (logit_thr - b * float(fusion["stranger_mean_cos2"]) - c) / a  # a > 0: checked at export
+    return float(min(1.0 / (1.0 + np.exp(-limit)), table[key]))
 
 
 def contract(model: Any, sha: str, state: dict[str, Any], report: dict[str, Any] | None) -> dict[str, Any]:
@@ -121,17 +205,18 @@ def contract(model: Any, sha: str, state: dict[str, Any], report: dict[str, Any]
     }
 
 
-def parity_crops(meta: dict[str, Any], n: int = 24) -> np.ndarray:
-    """Real aligned face crops from LFW, through the daemon's detect -> align code."""
+def parity_crops(specs: list[tuple[int, float, str]], n: int = 24) -> list[np.ndarray]:
+    """Real aligned face crops from LFW, through the daemon's detect -> align code: one batch per
+    tower, the same faces in each."""
     from accessd.align import CropSpec
     from train.faces import prepare_faces
 
     root = Path(os.environ.get("ACCESSD_SHARED", "../shared")) / "data/lfw"
     people = sorted(p.name for p in root.iterdir() if p.is_dir())[:12]
-    spec = CropSpec(meta["input_size"][0], meta["crop_margin"], meta["alignment"])
-    faces = prepare_faces(root, Path("models/detector/face_detection_full_range_sparse.tflite"),
-                          spec, Path("cache"), workers=1, only_people=people)
-    return faces.crops[:n]
+    sets = [prepare_faces(root, Path("models/detector/face_detection_full_range_sparse.tflite"),
+                          CropSpec(*spec), Path("cache"), workers=1, only_people=people) for spec in specs]
+    common = [p for p in sets[0].paths if all(p in s.index() for s in sets)][:n]
+    return [s.crops[[s.index()[p] for p in common]] for s in sets]
 
 
 def check_parity(model: Any, proto: Any, crops: np.ndarray) -> float:
@@ -149,6 +234,35 @@ def check_parity(model: Any, proto: Any, crops: np.ndarray) -> float:
     return float(max(np.max(np.abs(emb_onnx - ref_emb)), np.max(np.abs(scores_onnx - ref_scores))))
 
 
+def check_fused_parity(model: Any, second: Any, fusion: dict[str, Any], proto: Any,
+                       crops: list[np.ndarray]) -> float:
+    """Max |Keras - ONNX Runtime| over embeddings and fused scores, the cascade open and shut."""
+    import onnxruntime as ort
+
+    from train.data import normalise
+    from train.import_faceres import preprocess
+    from train.model import arch_of, parts
+    from train.scoring import embed_numpy
+
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x1, x2 = normalise(crops[0], arch_of(model)), preprocess(crops[1])
+    e1 = embed_numpy(model, crops[0])
+    e2 = np.asarray(second(x2, training=False))
+    _, head = parts(model)
+    kernel, bias = head.get_weights()
+    logit1 = np.abs(e1[:, None] - e1[None]) @ kernel[:, 0] + bias[0]
+    a, b, c = (float(fusion["fusion"][k]) for k in ("a", "b", "c"))
+    gallery = np.concatenate([e1, e2], axis=1)
+    worst = 0.0
+    for gate, cos2, emb2 in ((-1.0, e2 @ e2.T, e2), (2.0, float(fusion["stranger_mean_cos2"]), np.zeros_like(e2))):
+        ref_scores = 1.0 / (1.0 + np.exp(-(a * logit1 + b * cos2 + c)))
+        emb, scores = sess.run(["embedding", "scores"], {"image": x1, "gallery": gallery, "image2": x2,
+                                                         "gate": np.asarray(gate, np.float32)})
+        worst = max(worst, float(np.max(np.abs(emb - np.concatenate([e1, emb2], axis=1)))),
+                    float(np.max(np.abs(scores - ref_scores))))
+    return worst
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Export a Keras Siamese checkpoint to ONNX.")
     parser.add_argument("checkpoint", type=Path)
@@ -160,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
                              "held-out people (default: the run's own suggestion)")
     parser.add_argument("--verification-threshold", type=float, default=0.5,
                         help="the verification threshold that detection threshold was chosen with")
+    parser.add_argument("--second", type=Path,
+                        help="a second tower (train.import_faceres's Keras model): export the fused model")
+    parser.add_argument("--fusion", type=Path, default=Path("runs/fused/fusion.json"),
+                        help="with --second: the fusion head (train.fusion)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import keras
@@ -170,16 +288,34 @@ def main(argv: list[str] | None = None) -> int:
     state_path = args.checkpoint.with_name("state.json")
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     report = json.loads(args.report.read_text()) if args.report else None
-    proto = to_onnx(model, args.opset)
     meta = contract(model, weights_sha256(model), state, report)
     if args.detection_threshold is not None:
         meta["suggested_by_training"] = meta["detection_threshold"]
         meta["detection_threshold"] = args.detection_threshold
     meta["verification_threshold"] = args.verification_threshold
+    specs = [(meta["input_size"][0], meta["crop_margin"], meta["alignment"])]
+    if args.second is not None:
+        second = keras.models.load_model(args.second, compile=False)
+        fusion = json.loads(args.fusion.read_text())
+        if not float(fusion["fusion"]["a"]) > 0 or not float(fusion["fusion"]["b"]) > 0:
+            log.error("%s: the fusion head must weigh both towers positively", args.fusion)
+            return 1
+        if args.detection_threshold is None:
+            log.error("a fused model needs --detection-threshold (its score is not the first tower's)")
+            return 1
+        proto = fused_to_onnx(model, second, fusion, args.opset)
+        meta.update(fused_contract(model, second, fusion, args.detection_threshold, meta["validation"]))
+        specs.append((meta["second"]["input_size"][0], meta["second"]["crop_margin"], meta["second"]["alignment"]))
+    else:
+        proto = to_onnx(model, args.opset)
     entry = proto.metadata_props.add()
     entry.key, entry.value = CONTRACT_KEY, json.dumps(meta, sort_keys=True)
     proto.producer_name = "accessd export/to_onnx.py"
-    diff = check_parity(model, proto, parity_crops(meta))
+    crops = parity_crops(specs)
+    if args.second is not None:
+        diff = check_fused_parity(model, second, fusion, proto, crops)
+    else:
+        diff = check_parity(model, proto, crops[0])
     if not diff <= PARITY_TOLERANCE:
         log.error("parity check FAILED: max |Keras - ONNX Runtime| = %.3g > %.0e", diff, PARITY_TOLERANCE)
         return 1
@@ -190,6 +326,41 @@ def main(argv: list[str] | None = None) -> int:
     tmp.replace(args.output)
     log.info("wrote %s (%.1f MB)", args.output, args.output.stat().st_size / 1e6)
     return 0
+
+
+def fused_contract(model: Any, second: Any, fusion: dict[str, Any], threshold: float,
+                   meta_validation: dict[str, Any]) -> dict[str, Any]:
+    """What a fused model adds to the first tower's contract."""
+    from train.import_faceres import MEAN_BGR, PINNED, VERSION
+    from train.model import parts
+
+    embed, _ = parts(model)
+    d1, d2 = int(embed.output_shape[-1]), int(second.output_shape[-1])
+    crop = fusion["crop"]
+    return {
+        "architecture": "resnet+faceres",
+        "embedding_size": d1 + d2,
+        "second": {
+            "architecture": "faceres",
+            "input_size": [int(second.input_shape[1]), int(second.input_shape[2])],
+            "color_order": "BGR",
+            "mean": list(MEAN_BGR),
+            "std": [1.0, 1.0, 1.0],
+            "crop_margin": crop["margin"],
+            "alignment": crop["method"],
+            "embedding_size": d2,
+            "source": {"package": VERSION, "sha256": PINNED},
+            "weights_sha256": weights_sha256(second),
+        },
+        "fusion": fusion["fusion"] | {"stranger_mean_cos2": fusion["stranger_mean_cos2"]},
+        "fusion_training": fusion["train"],
+        # The held-out people's numbers are the fused model's; the first tower's own stay beside them.
+        "validation": fusion["validation"],
+        "first_tower_validation": meta_validation,
+        "balanced_threshold": float(fusion["validation"]["balanced_threshold"]),
+        "cascade_gate": cascade_gate(threshold, fusion),
+        "weights_sha256": hashlib.sha256((weights_sha256(model) + weights_sha256(second)).encode()).hexdigest(),
+    }
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ LFW = SHARED / "data/lfw"
 SAMPLES = SHARED / "data/samples"
 PROTOCOL = SHARED / "data/lfw-protocol"
 DETECTORS = REPO / "models/detector"
-TRAINED_MODEL = REPO / "models/accessd-resnet.onnx"
+TRAINED_MODEL = REPO / "models/accessd-fused.onnx"
 
 
 def without_root_bypass(argv: list[str]) -> list[str]:

@@ -36,8 +36,9 @@ def test_bench_json_shape(tmp_path: Path, trained_model: Path) -> None:
     cfg = write_config(tmp_path / "config.yaml", trained_model)
     result = run_py("-m", "accessd", "bench", "--config", str(cfg), "--json", "--sizes", "10,100", "--frames", "5")
     report = json.loads(result.stdout)
-    sizes = [g["gallery_size"] for g in report["galleries"]]
-    assert sizes == [10, 100]
+    runs = [(g["gallery_size"], g["face"]) for g in report["galleries"]]
+    assert runs == [(10, "enrolled"), (10, "stranger"), (100, "enrolled"), (100, "stranger")]
+    assert report["cascade"] is True and report["model"] == trained_model.name
     for g in report["galleries"]:
         assert g["fps"] > 0 and 0 < g["latency_ms_p50"] <= g["latency_ms_p95"]
 

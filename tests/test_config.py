@@ -27,7 +27,7 @@ def test_relative_paths_resolve_against_config_folder(tmp_path: Path) -> None:
     cfg.write_text("gallery:\n  dir: people\n")
     c = load_config(cfg)
     assert c.gallery.dir == tmp_path / "people"
-    assert c.model.path == tmp_path / "models/accessd-resnet.onnx"
+    assert c.model.path == tmp_path / "models/accessd-fused.onnx"
 
 
 @pytest.mark.parametrize(

@@ -195,7 +195,7 @@ def test_cookie_requests_that_change_state_need_the_csrf_token_and_same_origin(d
 
 def test_status_tells_the_door_state(door: Door) -> None:
     status = door.wait_for("frames", lambda: (s := door.api("GET", "/api/status").json()).get("frames") and s)
-    assert status["camera"] == "up" and status["model"] == "accessd-resnet.onnx"
+    assert status["camera"] == "up" and status["model"] == "accessd-fused.onnx"
     assert status["gallery_people"] == 1 and status["gallery_photos"] == 3
     assert status["provider"] == "CPUExecutionProvider" or "CUDA" in status["provider"]
 

@@ -12,6 +12,7 @@ import pytest
 
 from accessd.config import parse_config
 from accessd.gallery import scan
+from accessd.model import stack
 from accessd.pipeline import Pipeline
 from tests.conftest import LFW, REPO, SAMPLES
 
@@ -89,15 +90,15 @@ def test_same_person_scores_higher_than_strangers_with_trained_model(trained_mod
     p = Pipeline(cfg)
     from accessd.imageio import read_image
 
-    def crop(path: Path) -> np.ndarray:
+    def crop(path: Path) -> tuple[np.ndarray, ...]:
         image = read_image(path)
         return p.crop(image, max(p.detector.detect(image), key=lambda f: f.area))
 
     obama = [crop(SAMPLES / n) for n in ("obama.jpg", "obama3.jpg", "obama-240p.jpg")]
     biden = crop(SAMPLES / "biden.jpg")
-    emb = p.model.embed(np.stack(obama[1:]))
-    _, same = p.model.embed_and_score(obama[0][None], emb)
-    _, other = p.model.embed_and_score(biden[None], emb)
+    emb = p.model.embed(stack(obama[1:]))
+    _, same = p.model.embed_and_score(stack(obama[:1]), emb)
+    _, other = p.model.embed_and_score(stack([biden]), emb)
     p.close()
     assert same.min() > other.max(), (same, other)
 
@@ -117,11 +118,31 @@ def test_refused_photos_are_remembered_by_content(pipeline: Pipeline, tmp_path: 
         return pipeline.detector.detect(image)
 
     def load() -> object:
-        return load_gallery(root, "owner", counting_detect, pipeline.model.embed, pipeline.model.contract.crop,
-                            cache, 128)
+        return load_gallery(root, "owner", counting_detect, pipeline.model.embed, pipeline.model.contract.crops,
+                            cache, pipeline.model.contract.embedding_size)
 
     first = load()
     assert len(calls) == 2
     again = load()
     assert len(calls) == 2  # neither the embedded photo nor the refused one is detected again
     assert [s.reason for s in again.skipped] == [s.reason for s in first.skipped] == ["no face found"]  # type: ignore[attr-defined]
+
+
+def test_a_cached_embedding_of_another_width_is_embedded_again_never_misread(
+        pipeline: Pipeline, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from accessd.gallery import EmbeddingCache, load_gallery
+
+    cache = EmbeddingCache(tmp_path / "state", "test")
+    root = tmp_path / "g"
+    (root / "ann").mkdir(parents=True)
+    photo = sorted((LFW / "Colin_Powell").glob("*.jpg"))[0]
+    shutil.copy(photo, root / "ann" / "face.jpg")
+    import hashlib
+
+    # What an older model with another embedding width would have left under the same key.
+    cache.put(hashlib.sha256(photo.read_bytes()).hexdigest(), np.ones(64, np.float32))
+    dim = pipeline.model.contract.embedding_size
+    g = load_gallery(root, "owner", pipeline.detector.detect, pipeline.model.embed, pipeline.model.contract.crops,
+                     cache, dim)
+    assert g.embeddings.shape == (1, dim) and not np.all(g.embeddings == 1)
+    assert "has shape (64,), not (128,): embedding it again" in caplog.text

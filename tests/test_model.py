@@ -8,13 +8,15 @@ import numpy as np
 import onnx
 import pytest
 
+from accessd.align import CropSpec
 from accessd.model import CONTRACT_KEY, ModelError, SiameseModel
 
 
 def test_contract_is_read_from_metadata(tiny_model: Path) -> None:
     m = SiameseModel(tiny_model)
     c = m.contract
-    assert c.input_size == (64, 64) and c.color_order == "RGB" and c.embedding_size == 128
+    assert c.input_size == (64, 64) and c.towers[0].color_order == "RGB" and c.embedding_size == 128
+    assert len(c.towers) == 1 and c.cascade_gate < 0
     assert 0.0 <= c.detection_threshold <= 1.0 and len(c.weights_sha256) == 64
     assert m.provider == "CPUExecutionProvider"
 
@@ -75,11 +77,14 @@ def test_missing_and_truncated_files(tiny_model: Path, tmp_path: Path) -> None:
         SiameseModel(cut)
 
 
-def test_shipped_default_is_dlibs_resnet_fine_tuned_with_landmark_chips(trained_model: Path) -> None:
-    c = SiameseModel(trained_model).contract
-    assert c.architecture == "resnet" and c.alignment == "landmarks" and c.input_size == (150, 150)
-    assert c.crop.method == "landmarks" and c.crop.margin == 0.25
-    assert trained_model.stat().st_size <= 25_000_000
+def test_the_resnet_alone_stays_selectable_with_its_landmark_chips() -> None:
+    from tests.conftest import REPO
+
+    path = REPO / "models/accessd-resnet.onnx"
+    c = SiameseModel(path).contract
+    assert c.architecture == "resnet" and c.towers[0].alignment == "landmarks" and c.input_size == (150, 150)
+    assert c.crops == (CropSpec(150, 0.25, "landmarks"),)
+    assert path.stat().st_size <= 25_000_000
     # Chosen on held-out training people, never on pairsDevTest; the evaluation embedded is DevTest's.
     assert c.raw["training"]["excluded_eval_people"] is True
     assert c.raw["evaluation"]["pairs_file"] == "pairsDevTest.txt"
@@ -89,4 +94,54 @@ def test_compact_model_stays_selectable_with_its_box_crops() -> None:
     from tests.conftest import REPO
 
     c = SiameseModel(REPO / "models/accessd-compact.onnx").contract
-    assert c.architecture == "compact" and c.alignment == "box" and c.crop.size == 64
+    assert c.architecture == "compact" and c.towers[0].alignment == "box" and c.crops[0].size == 64
+
+
+def test_shipped_default_fuses_two_towers_and_says_so_in_its_contract(trained_model: Path) -> None:
+    from accessd.config import ModelConfig
+
+    assert trained_model.name == ModelConfig().path.name
+    c = SiameseModel(trained_model).contract
+    assert c.architecture == "resnet+faceres" and len(c.towers) == 2
+    assert c.crops == (CropSpec(150, 0.25, "landmarks"), CropSpec(224, 0.4, "landmarks"))
+    assert (c.towers[0].embedding_size, c.towers[1].embedding_size, c.embedding_size) == (128, 1024, 1152)
+    assert c.towers[1].color_order == "BGR" and c.raw["second"]["source"]["package"].endswith("@3.0.4")
+    # The head was trained and its thresholds chosen on training people; DevTest is only reported.
+    assert c.raw["training"]["excluded_eval_people"] is True
+    assert c.raw["fusion_training"]["people"] > 3000
+    # The cascade can only skip faces that could not be granted: at the gate, with the
+    # stranger-mean cosine the graph assumes there, the fused score is below the threshold.
+    f = c.raw["fusion"]
+    logit_gate = np.log(c.cascade_gate / (1 - c.cascade_gate))
+    at_gate = 1 / (1 + np.exp(-(f["a"] * logit_gate + f["b"] * f["stranger_mean_cos2"] + f["c"])))
+    assert 0 < c.cascade_gate < 1 and at_gate <= c.detection_threshold
+
+
+def test_fused_model_needs_both_crops_and_the_cascade_skips_the_second_tower(trained_model: Path) -> None:
+    from accessd.align import crop_face, largest
+    from accessd.detector import FaceDetector
+    from accessd.imageio import read_image
+    from accessd.model import ALWAYS, stack
+    from tests.conftest import DETECTORS, SAMPLES
+
+    m = SiameseModel(trained_model)
+    faces = []
+    with FaceDetector(DETECTORS / "face_detection_full_range_sparse.tflite", 0.5) as det:
+        for name in ("obama.jpg", "obama3.jpg", "biden.jpg"):
+            image = read_image(SAMPLES / name)
+            face = largest(det.detect(image))
+            assert face is not None
+            faces.append(tuple(crop_face(image, face, spec) for spec in m.contract.crops))
+    with pytest.raises(ModelError, match="needs 2 crops per face, got 1"):
+        m.embed(stack(faces)[0])
+    gallery = m.embed(stack(faces[1:2]))  # obama3, enrolled
+    assert np.linalg.norm(gallery[:, 128:]) > 0.99  # enrolment always runs both towers (a unit vector)
+    obama_emb, obama = m.embed_and_score(stack(faces[:1]), gallery)
+    biden_emb, biden = m.embed_and_score(stack(faces[2:]), gallery)
+    assert obama[0, 0] > m.contract.detection_threshold > biden[0, 0]
+    assert np.linalg.norm(obama_emb[:, 128:]) > 0.99  # a face near the gallery: both towers ran
+    # A stranger nowhere near anyone enrolled: the second tower was skipped (its columns are
+    # zero) and the score stays below the threshold; run in full, still refused.
+    assert np.all(biden_emb[:, 128:] == 0)
+    _, biden_full = m.embed_and_score(stack(faces[2:]), gallery, gate=ALWAYS)
+    assert biden_full[0, 0] < m.contract.detection_threshold

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from accessd.model import SiameseModel
+from accessd.model import ALWAYS, SiameseModel
 from train.door_eval import people_test_parser, read_people
 from train.faces import prepare_faces
 from train.train import DEFAULT_DETECTOR
@@ -71,9 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     model = SiameseModel(args.model)
-    faces = prepare_faces(args.data, DEFAULT_DETECTOR, model.contract.crop, args.cache_dir,
-                          only_people=read_people(args.people))
-    embedded = model.embed(faces.crops)
+    # One face set per tower, the photos every tower's crop found.
+    sets = [prepare_faces(args.data, DEFAULT_DETECTOR, spec, args.cache_dir, only_people=read_people(args.people))
+            for spec in model.contract.crops]
+    common = [p for p in sets[0].paths if all(p in s.index() for s in sets[1:])]
+    faces = sets[0].subset([sets[0].index()[p] for p in common])
+    crops = tuple(s.crops[[s.index()[p] for p in common]] for s in sets)
+    embedded = model.embed(crops)
     photos: dict[str, list[int]] = {}
     for i, q in enumerate(faces.people):
         photos.setdefault(q, []).append(i)
@@ -91,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         who = [j for j, q in enumerate(enrolled) for _ in photos[q][args.enrol : args.enrol + args.probes]]
         probe = [i for q in enrolled for i in photos[q][args.enrol : args.enrol + args.probes]]
         strangers = [photos[q][0] for q in photos if q not in enrolled]
-        _, s = model.embed_and_score(faces.crops[probe + strangers], np.concatenate([gallery, templates]))
+        _, s = model.embed_and_score(tuple(c[probe + strangers] for c in crops), np.concatenate([gallery, templates]),
+                                     gate=ALWAYS)
         rules = person_scores(s[:, : len(gallery)], s[:, len(gallery):], person_of, n, k)
         for name, m in rules.items():
             g = m[: len(probe)]

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from accessd.model import ALWAYS
 from train.metrics import (
     accuracy,
     auc,
@@ -52,7 +53,7 @@ class Scorer:
             from accessd.model import SiameseModel
 
             self.onnx = SiameseModel(path)
-            self.crop = self.onnx.contract.crop
+            self.crops = self.onnx.contract.crops
             self.threshold = float(self.onnx.contract.raw.get("balanced_threshold", 0.5))
             self.door_threshold = self.onnx.contract.detection_threshold
         else:
@@ -64,7 +65,7 @@ class Scorer:
 
             self.keras = keras.models.load_model(path, compile=False)
             arch = ARCHITECTURES[arch_of(self.keras)]
-            self.crop = CropSpec(arch.input_size, arch.crop_margin, arch.alignment)
+            self.crops = (CropSpec(arch.input_size, arch.crop_margin, arch.alignment),)
             state = path.with_name("state.json")
             val = json.loads(state.read_text()).get("validation", {}) if state.is_file() else {}
             # As export/to_onnx.py writes them: the most accurate threshold on held-out
@@ -72,16 +73,23 @@ class Scorer:
             self.threshold = float(val.get("val_threshold", 0.5))
             self.door_threshold = float(val.get("val_threshold_far_1e-2", self.threshold))
 
-    def embed(self, crops: np.ndarray) -> np.ndarray:
+    def embed(self, crops: tuple[np.ndarray, ...]) -> np.ndarray:
         if hasattr(self, "onnx"):
             return self.onnx.embed(crops)
         from train.scoring import embed_numpy
 
-        return embed_numpy(self.keras, crops)
+        return embed_numpy(self.keras, crops[0])
 
 
 
-def pair_crops(pairs: PairList, root: Path, spec: CropSpec, cache_dir: Path) -> dict[str, np.ndarray]:
+def pair_crops(pairs: PairList, root: Path, specs: tuple[CropSpec, ...],
+               cache_dir: Path) -> dict[str, tuple[np.ndarray, ...]]:
+    """Each photo's crops, one per tower."""
+    each = [_pair_crops(pairs, root, spec, cache_dir) for spec in specs]
+    return {p: tuple(c[p] for c in each) for p in each[0]}
+
+
+def _pair_crops(pairs: PairList, root: Path, spec: CropSpec, cache_dir: Path) -> dict[str, np.ndarray]:
     from accessd.align import crop_face, nearest_to_center
     from accessd.detector import FaceDetector
     from accessd.imageio import read_image
@@ -103,10 +111,14 @@ def pair_crops(pairs: PairList, root: Path, spec: CropSpec, cache_dir: Path) -> 
     return crops
 
 
-def score_pairs(scorer: Scorer, pairs: PairList, crops: dict[str, np.ndarray]) -> np.ndarray:
+def _stack(crops: dict[str, tuple[np.ndarray, ...]], photos: list[str]) -> tuple[np.ndarray, ...]:
+    return tuple(np.stack(parts) for parts in zip(*(crops[p] for p in photos), strict=True))
+
+
+def score_pairs(scorer: Scorer, pairs: PairList, crops: dict[str, tuple[np.ndarray, ...]]) -> np.ndarray:
     photos = sorted(crops)
     index = {p: i for i, p in enumerate(photos)}
-    emb = scorer.embed(np.stack([crops[p] for p in photos]))
+    emb = scorer.embed(_stack(crops, photos))
     a = np.asarray([index[p.a] for p in pairs.pairs])
     b = np.asarray([index[p.b] for p in pairs.pairs])
     if hasattr(scorer, "onnx"):
@@ -114,8 +126,8 @@ def score_pairs(scorer: Scorer, pairs: PairList, crops: dict[str, np.ndarray]) -
         out = np.empty(len(a))
         chunk = 64
         for i in range(0, len(a), chunk):
-            crops_a = np.stack([crops[photos[j]] for j in a[i : i + chunk]])
-            _, s = scorer.onnx.embed_and_score(crops_a, emb[b[i : i + chunk]])
+            crops_a = _stack(crops, [photos[j] for j in a[i : i + chunk]])
+            _, s = scorer.onnx.embed_and_score(crops_a, emb[b[i : i + chunk]], gate=ALWAYS)
             out[i : i + chunk] = np.diagonal(s)
         return out
     from train.scoring import pair_scores
@@ -201,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     pairs = load_pairs(args.pairs)
     scorer = Scorer(args.model)
-    crops = pair_crops(pairs, args.data, scorer.crop, args.cache_dir)
+    crops = pair_crops(pairs, args.data, scorer.crops, args.cache_dir)
     scores = score_pairs(scorer, pairs, crops)
     if args.dump_scores:
         np.save(args.dump_scores, scores)
