@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--photos", type=int, default=1000)
     p.add_argument("--no-liveness", action="store_true", help="with the liveness checks off (to compare)")
+    p.add_argument("--model", type=Path, default=REPO / "models/accessd-fused.onnx",
+                   help="the model to start with (to compare models)")
     args = p.parse_args(argv)
     samples = shared_dir() / "data/samples"
     with tempfile.TemporaryDirectory(prefix="accessd-startup-") as tmp_name:
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             "source": {"uri": "rtsp://127.0.0.1:9/none"}, "gallery": {"dir": str(tmp / "gallery")},
             "state_dir": str(tmp / "state"), "audit": {"path": str(tmp / "audit.jsonl")},
             "metrics": {"port": 0}, "web": {"port": 0},
-            "model": {"path": str(REPO / "models/accessd-fused.onnx")},
+            "model": {"path": str(args.model.resolve())},
             "detector": {"models_dir": str(REPO / "models/detector")},
             "liveness": {"mesh_model": str(REPO / "models/face_mesh.onnx"),
                          **({"blink": False, "instrument": False, "motion": False} if args.no_liveness else {})},
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             rows["run (cached)"].append(until_ready(config, tmp))
             rows["enroll --list"].append(timed(_accessd("enroll", "--list", "--config", str(config))))
     live = "off" if args.no_liveness else "on"
-    print(f"accessd start-up, median of {args.runs} runs ({n} photos enrolled; liveness {live}; "
+    print(f"accessd start-up, median of {args.runs} runs ({n} photos enrolled; {args.model.name}; liveness {live}; "
           f"{os.cpu_count()} cores)")
     print(f"{'command':<46} {'seconds':>8} {'peak RSS MB':>12}")
     labels = {"verify": "verify obama.jpg obama3.jpg (wall)",
