@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ def all_pairs_misses(emb: np.ndarray, people: list[str], fars: tuple[float, ...]
 
 
 def main(argv: list[str] | None = None) -> int:
-    shared = Path("../shared/data")
+    shared = Path(os.environ.get("ACCESSD_SHARED", "../shared")) / "data"
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--lfw", type=Path, default=shared / "lfw")
     p.add_argument("--devtest", type=Path, default=shared / "lfw-protocol/pairsDevTest.txt")

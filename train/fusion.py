@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +169,7 @@ def report(name: str, e1: Array, e2: Array, labels: Array, w: Array, b: float,
 
 
 def main(argv: list[str] | None = None) -> int:
-    shared = Path("../shared/data")
+    shared = Path(os.environ.get("ACCESSD_SHARED", "../shared")) / "data"
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--lfw", type=Path, default=shared / "lfw")
     p.add_argument("--devtest", type=Path, default=shared / "lfw-protocol/pairsDevTest.txt")
