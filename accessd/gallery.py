@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from accessd.align import CropSpec, crop_face
 from accessd.imageio import IMAGE_SUFFIXES, ImageError, decode_image
+from accessd.model import stack
 from accessd.types import Face, Floats, Image
 
 log = logging.getLogger(__name__)
@@ -256,8 +257,7 @@ def load_gallery(
     # in batches of 16, 36 MB (`python -m accessd.soak --seconds 60 --enrol 500`).
     for start in range(0, len(pending), EMBED_BATCH):
         chunk = pending[start:start + EMBED_BATCH]
-        batches = tuple(np.stack(parts) for parts in zip(*(c for _, c in chunk), strict=True))
-        for (i, _), vec in zip(chunk, embed(batches), strict=True):
+        for (i, _), vec in zip(chunk, embed(stack([crops_of for _, crops_of in chunk])), strict=True):
             vectors[i] = vec
             if cache:
                 cache.put(photos[i].sha256, vec)

@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 CONTRACT_KEY = "accessd.contract"
 INPUTS = ("image", "gallery")
 OUTPUTS = ("embedding", "scores")
-# A two-tower model adds the second tower's crop and the cascade's gate (see `Contract.gate`).
+# A two-tower model adds the second tower's crop and the cascade's gate (see `Contract.cascade_gate`).
 SECOND_INPUTS = ("image2", "gate")
-ALWAYS = -1.0  # a gate that runs every tower: enrolment, and `cascade=False`
+ALWAYS = -1.0  # a gate that runs every tower on every face: enrolment, and `accessd bench --no-cascade`
 
 # One face's crops, one per tower; or a batch of them, one N x S x S x 3 array per tower.
 FaceCrops = tuple[Image, ...]
@@ -89,8 +89,8 @@ class Contract:
     detection_threshold: float
     verification_threshold: float
     weights_sha256: str
-    # The second tower runs on a frame only when some face's first-tower score reaches this;
-    # below it no face can be granted (export proves it), so nothing is lost but work.
+    # The second tower runs only on faces whose best first-tower score reaches this; below
+    # it no face can be granted (export proves it), so nothing is lost but work.
     cascade_gate: float
     raw: dict[str, Any]
 
@@ -144,12 +144,11 @@ def _create_session(ort: Any, data: bytes, options: Any, providers: list[str]) -
 class SiameseModel:
     """One ONNX Runtime session: embeddings of face crops and their scores against a gallery.
 
-    A fused model has two towers; with `cascade` (the default) the second runs on a
-    frame only when a face's first-tower score reaches the contract's gate.
+    A fused model has two towers; the second runs only on faces whose best first-tower
+    score reaches `gate` (the contract's; set it to ALWAYS to run both on every face).
     """
 
-    def __init__(self, path: Path, providers: tuple[str, ...] = ("CPUExecutionProvider",), threads: int = 0,
-                 cascade: bool = True) -> None:
+    def __init__(self, path: Path, providers: tuple[str, ...] = ("CPUExecutionProvider",), threads: int = 0) -> None:
         import onnxruntime as ort
 
         try:
@@ -179,7 +178,7 @@ class SiameseModel:
             )
         self.contract = Contract.parse(meta[CONTRACT_KEY], f"model {path}")
         self._check_graph()
-        self.gate = self.contract.cascade_gate if cascade else ALWAYS
+        self.gate = self.contract.cascade_gate
         log.info(
             "model %s (%s, %s -> %d-d) on %s", path.name, self.contract.architecture,
             " + ".join(f"{t.input_size[0]}x{t.input_size[1]}" for t in self.contract.towers),

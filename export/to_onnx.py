@@ -132,17 +132,9 @@ def fused_to_onnx(model: Any, second: Any, fusion: dict[str, Any], opset: int = 
 def _rename(proto: Any, renames: dict[str, str]) -> None:
     for value in list(proto.graph.input) + list(proto.graph.output):
         value.name = renames[value.name]
-    # Subgraphs (the cascade's If branches) read outer names too.
-    def walk(graph: Any) -> None:
-        for node in graph.node:
-            node.input[:] = [renames.get(n, n) for n in node.input]
-            node.output[:] = [renames.get(n, n) for n in node.output]
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    walk(attr.g)
-                for g in attr.graphs:
-                    walk(g)
-    walk(proto.graph)
+    for node in proto.graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
 
 
 def cascade_gate(threshold: float, fusion: dict[str, Any]) -> float:
@@ -209,14 +201,13 @@ def parity_crops(specs: list[tuple[int, float, str]], n: int = 24) -> list[np.nd
     """Real aligned face crops from LFW, through the daemon's detect -> align code: one batch per
     tower, the same faces in each."""
     from accessd.align import CropSpec
-    from train.faces import prepare_faces
+    from train.faces import prepare_towers
 
     root = Path(os.environ.get("ACCESSD_SHARED", "../shared")) / "data/lfw"
     people = sorted(p.name for p in root.iterdir() if p.is_dir())[:12]
-    sets = [prepare_faces(root, Path("models/detector/face_detection_full_range_sparse.tflite"),
-                          CropSpec(*spec), Path("cache"), workers=1, only_people=people) for spec in specs]
-    common = [p for p in sets[0].paths if all(p in s.index() for s in sets)][:n]
-    return [s.crops[[s.index()[p] for p in common]] for s in sets]
+    sets = prepare_towers(root, Path("models/detector/face_detection_full_range_sparse.tflite"),
+                          [CropSpec(*spec) for spec in specs], Path("cache"), workers=1, only_people=people)
+    return [s.crops[:n] for s in sets]
 
 
 def check_parity(model: Any, proto: Any, crops: np.ndarray) -> float:

@@ -34,7 +34,7 @@ import numpy.typing as npt
 
 from accessd.model import ALWAYS, SiameseModel
 from train.door_eval import people_test_parser, read_people
-from train.faces import prepare_faces
+from train.faces import prepare_towers
 from train.train import DEFAULT_DETECTOR
 
 Scores = npt.NDArray[np.float64]
@@ -72,11 +72,10 @@ def main(argv: list[str] | None = None) -> int:
 
     model = SiameseModel(args.model)
     # One face set per tower, the photos every tower's crop found.
-    sets = [prepare_faces(args.data, DEFAULT_DETECTOR, spec, args.cache_dir, only_people=read_people(args.people))
-            for spec in model.contract.crops]
-    common = [p for p in sets[0].paths if all(p in s.index() for s in sets[1:])]
-    faces = sets[0].subset([sets[0].index()[p] for p in common])
-    crops = tuple(s.crops[[s.index()[p] for p in common]] for s in sets)
+    sets = prepare_towers(args.data, DEFAULT_DETECTOR, model.contract.crops, args.cache_dir,
+                          only_people=read_people(args.people))
+    faces = sets[0]
+    crops = tuple(s.crops for s in sets)
     embedded = model.embed(crops)
     photos: dict[str, list[int]] = {}
     for i, q in enumerate(faces.people):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from accessd.model import ALWAYS
+from accessd.model import ALWAYS, stack
 from train.metrics import (
     accuracy,
     auc,
@@ -111,14 +111,10 @@ def _pair_crops(pairs: PairList, root: Path, spec: CropSpec, cache_dir: Path) ->
     return crops
 
 
-def _stack(crops: dict[str, tuple[np.ndarray, ...]], photos: list[str]) -> tuple[np.ndarray, ...]:
-    return tuple(np.stack(parts) for parts in zip(*(crops[p] for p in photos), strict=True))
-
-
 def score_pairs(scorer: Scorer, pairs: PairList, crops: dict[str, tuple[np.ndarray, ...]]) -> np.ndarray:
     photos = sorted(crops)
     index = {p: i for i, p in enumerate(photos)}
-    emb = scorer.embed(_stack(crops, photos))
+    emb = scorer.embed(stack([crops[p] for p in photos]))
     a = np.asarray([index[p.a] for p in pairs.pairs])
     b = np.asarray([index[p.b] for p in pairs.pairs])
     if hasattr(scorer, "onnx"):
@@ -126,7 +122,7 @@ def score_pairs(scorer: Scorer, pairs: PairList, crops: dict[str, tuple[np.ndarr
         out = np.empty(len(a))
         chunk = 64
         for i in range(0, len(a), chunk):
-            crops_a = _stack(crops, [photos[j] for j in a[i : i + chunk]])
+            crops_a = stack([crops[photos[j]] for j in a[i : i + chunk]])
             _, s = scorer.onnx.embed_and_score(crops_a, emb[b[i : i + chunk]], gate=ALWAYS)
             out[i : i + chunk] = np.diagonal(s)
         return out

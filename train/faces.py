@@ -181,3 +181,15 @@ def prepare_faces(
     stacked = np.stack([crops[r] for r in keep]) if keep else np.zeros((0, spec.size, spec.size, 3), np.uint8)
     teach = np.stack([embeddings[r] for r in keep]).astype(np.float32) if teacher and keep else None
     return FaceSet(crops=stacked, people=[r.split("/")[0] for r in keep], paths=keep, teacher=teach)
+
+
+def prepare_towers(root: Path, detector_model: Path, specs: Sequence[CropSpec], cache_dir: Path,
+                   workers: int = 2, only_people: Iterable[str] | None = None) -> list[FaceSet]:
+    """One face set per crop spec (a fused model's towers), each holding the same photos in the
+    same order: those every spec's crop was found for."""
+    wanted = list(only_people) if only_people is not None else None
+    sets = [prepare_faces(root, detector_model, spec, cache_dir, workers=workers, only_people=wanted)
+            for spec in specs]
+    indexes = [s.index() for s in sets]
+    common = [p for p in sets[0].paths if all(p in index for index in indexes[1:])]
+    return [s.subset([index[p] for p in common]) for s, index in zip(sets, indexes, strict=True)]

@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from accessd.align import CropSpec
-from train.faces import prepare_faces
+from train.faces import prepare_towers
 from train.metrics import roc, tar_at_far
 
 log = logging.getLogger(__name__)
@@ -60,16 +60,17 @@ def embed_lfw(lfw: Path, resnet_ckpt: Path, faceres: Path, cache: Path) -> tuple
     from train.model import ARCHITECTURES, embed_for_serving, parts
 
     arch = ARCHITECTURES["resnet"]
-    one = prepare_faces(lfw, DETECTOR, CropSpec(arch.input_size, arch.crop_margin, arch.alignment), cache)
-    two = prepare_faces(lfw, DETECTOR, FACERES_CROP, cache)
-    both = sorted(set(one.paths) & set(two.paths))
-    i1, i2 = one.index(), two.index()
+    one, two = prepare_towers(lfw, DETECTOR, [CropSpec(arch.input_size, arch.crop_margin, arch.alignment),
+                                              FACERES_CROP], cache)
+    order = sorted(range(len(one)), key=one.paths.__getitem__)  # by path, as the cached runs were
+    one, two = one.subset(order), two.subset(order)
+    both = one.paths
     embed, _ = parts(keras.models.load_model(resnet_ckpt, compile=False))
     model2 = keras.models.load_model(faceres, compile=False)
     e1 = np.concatenate([
-        np.asarray(embed_for_serving(embed, normalise(one.crops[[i1[p] for p in both[k:k + 256]]], "resnet")))
+        np.asarray(embed_for_serving(embed, normalise(one.crops[k:k + 256], "resnet")))
         for k in range(0, len(both), 256)])
-    e2 = np.concatenate([model2.predict(preprocess(two.crops[[i2[p] for p in both[k:k + 256]]]), verbose=0)
+    e2 = np.concatenate([model2.predict(preprocess(two.crops[k:k + 256]), verbose=0)
                          for k in range(0, len(both), 256)])
     people = [p.split("/")[0] for p in both]
     np.savez(saved, paths=np.array(both), people=np.array(people), e1=e1, e2=e2)
