@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,6 +83,17 @@ def test_window_keys_save_anchor_positive_and_auto_capture(tmp_path: Path, train
     def count(folder: Path) -> int:
         return len(list(folder.glob("*.jpg")))
 
+    # stderr is read as it comes, so the test can wait for each key to take effect before the next: OpenCV's
+    # window keeps only the last key of a burst, and on a loaded machine `c` then `q` can arrive as one.
+    lines: list[str] = []
+    stderr = proc.stderr
+    assert stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(stderr.readline, "")), daemon=True)
+    reader.start()
+
+    def logged(text: str) -> bool:
+        return any(text in line for line in list(lines))
+
     try:
         wait_for("the capture window", lambda: xdotool("search", "--name", "accessd capture").strip(), 60)
         window = xdotool("search", "--name", "accessd capture").split()[0]
@@ -101,12 +113,16 @@ def test_window_keys_save_anchor_positive_and_auto_capture(tmp_path: Path, train
         press_until_saved("a", data / "anchor")
         press_until_saved("p", data / "positive")
         xdotool("key", "c")  # automatic capture into the gallery, every 5th face
+        wait_for("automatic capture on", lambda: logged("automatic capture into") and logged(" on\n"))
         wait_for("automatic gallery photos", lambda: count(gallery / "alice") >= 3)
         xdotool("key", "c")
+        wait_for("automatic capture off", lambda: logged(" off\n"))
         xdotool("key", "q")
-        _, err = proc.communicate(timeout=20)
+        proc.wait(timeout=20)
+        reader.join(timeout=10)
     finally:
         proc.kill()
+    err = "".join(lines)
     assert proc.returncode == 0, err[-2000:]
     assert (count(data / "anchor"), count(data / "positive")) == (1, 1)  # one press, one crop
     listing = run_py("-m", "accessd", "enroll", "--list", "--config", str(cfg))
