@@ -36,6 +36,7 @@ OUTPUT_TAIL = 512
 
 def decision_env(decision: Decision, record: dict[str, object]) -> dict[str, str]:
     return {
+        "ACCESSD_DOOR": decision.door,
         "ACCESSD_DECISION": decision.outcome.value,
         "ACCESSD_PERSON": decision.person or "",
         "ACCESSD_SCORE": f"{decision.score:.6f}",

@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--frames", type=int, default=200)
     bench.add_argument("--no-cascade", action="store_true",
                        help="run every tower of a fused model on every face (to measure what the cascade saves)")
+    bench.add_argument("--doors", help="instead: N doors in one daemon at --fps each (e.g. 1,2,4), each door's "
+                                        "decision latency and dropped frames, against the largest of --sizes")
+    bench.add_argument("--fps", type=float, default=15.0, help="--doors: frames/s of each door's camera")
+    bench.add_argument("--seconds", type=float, default=20.0, help="--doors: seconds measured per run")
+    bench.add_argument("--separate", action="store_true",
+                       help="--doors: also run the same N streams as N one-door processes, for comparison")
+    bench.add_argument("--sync-dir", type=Path, help=argparse.SUPPRESS)  # --separate's children
     bench.add_argument("--detectors", action="store_true",
                        help="instead: faces found by each detector model at 640x480 and 1280x720")
 
@@ -107,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.log_level or default_level)
     if args.command == "check-config":
         print(f"{args.config}: ok")
+        print(_describe_doors(config))
         return 0
     from accessd.detector import DetectorError
     from accessd.landmarks import MeshError
@@ -117,6 +125,24 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelError, DetectorError, MeshError, ConfigError) as exc:  # a missing model file or credential: say which
         log.error("cannot start: %s", exc)
         return 1
+
+
+def _describe_doors(config: Config) -> str:
+    """What check-config says about the doors: which form the config uses and what each door watches."""
+    from accessd.source import display_name
+
+    lines = []
+    if not config.doors:
+        lines.append("1 door, \"door\" (the one-camera form: source, actions and decision at the top level; "
+                     "for several cameras list them under doors:, each with a name and a source)")
+    else:
+        lines.append(f"{len(config.doors)} door(s) sharing one model and gallery (doors:):")
+    for door in config.door_list():
+        hooks = len(door.actions.hooks) + len(door.actions.webhooks)
+        lines.append(f"  {door.name}: camera {display_name(door.source.uri)}, {hooks} hook(s)/webhook(s), "
+                     f"grant after {door.decision.confirm_frames} of {door.decision.confirm_window} frames, "
+                     f"lockout after {door.decision.lockout_denies} denies")
+    return "\n".join(lines)
 
 
 def _dispatch(config: Config, args: argparse.Namespace) -> int:
@@ -141,6 +167,12 @@ def _dispatch(config: Config, args: argparse.Namespace) -> int:
 
         if args.detectors:
             return run_detector_bench(config)
+        if args.doors:
+            from accessd.benchdoors import run_doors_bench
+
+            return run_doors_bench(config, [int(n) for n in args.doors.split(",")],
+                                   max(int(s) for s in args.sizes.split(",")), args.fps, args.seconds, args.json,
+                                   args.separate, args.config, args.sync_dir)
         return run_bench(config, [int(s) for s in args.sizes.split(",")], args.frames, args.json,
                          cascade=not args.no_cascade)
     return 1

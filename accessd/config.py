@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -234,7 +235,8 @@ class WebConfig:
 class MqttConfig:
     host: str = ""  # broker host name; empty disables MQTT
     port: int = _in(1883, 1, 65535, what="a TCP port, 1-65535")  # 8883 is the usual port with tls
-    topic: str = "accessd/decision"  # each decision as JSON (its audit record)
+    # Each decision as JSON (its audit record, which names the door); {door} becomes the door's name.
+    topic: str = "accessd/{door}/decision"
     # Retained "online"/"offline"; "offline" is also the last will, sent by the broker if we die.
     availability_topic: str = "accessd/availability"
     qos: Literal[0, 1, 2] = 1
@@ -245,10 +247,40 @@ class MqttConfig:
     tls: bool = False
     ca_file: Path | None = None  # CA bundle that signed the broker's certificate; null: the system's
     keepalive_s: int = _in(30, 5, 3600)
+    # Home Assistant MQTT discovery: each door announces itself as a device with its entities
+    # (accessd/hass.py). Their states and commands live under door_topic ({door}: the door's name).
+    discovery: bool = False
+    discovery_prefix: str = "homeassistant"
+    door_topic: str = "accessd/{door}"
+
+
+DEFAULT_DOOR = "door"  # the name of the one door of a config without `doors:`
+DOOR_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # goes into MQTT topics, metric labels, Home Assistant ids
+# The `decision` keys a door may set for itself: its own state (confirmation, cooldown, lockout).
+# The thresholds are the daemon's: one model and one gallery judge the faces of every door.
+DOOR_DECISION_KEYS = ("confirm_frames", "confirm_window", "confirm_max_age_s", "grant_cooldown_s",
+                      "deny_interval_s", "lockout_denies", "lockout_window_s", "lockout_s")
+
+
+@dataclass(frozen=True)
+class DoorConfig:
+    """One door: its camera, what it does on a decision, and its own decision state.
+
+    `decision` is the top-level `decision` with the door's own keys (DOOR_DECISION_KEYS) over it;
+    `actions` is the door's own, or the top-level `actions` when the door names none.
+    """
+
+    name: str = DEFAULT_DOOR
+    source: SourceConfig = field(default_factory=SourceConfig)
+    actions: ActionsConfig = field(default_factory=ActionsConfig)
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
 
 
 @dataclass(frozen=True)
 class Config:
+    # Several cameras: a list of doors around one model and gallery. Without it, `source`,
+    # `actions` and `decision` below are the one door's, named "door" (see `door_list`).
+    doors: tuple[DoorConfig, ...] = ()
     source: SourceConfig = field(default_factory=SourceConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -262,6 +294,10 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     state_dir: Path = Path("state")  # caches (gallery embeddings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    def door_list(self) -> tuple[DoorConfig, ...]:
+        """The doors to run: `doors`, or the one door of a config without it."""
+        return self.doors or (DoorConfig(DEFAULT_DOOR, self.source, self.actions, self.decision),)
 
 
 def _convert(tp: Any, value: Any, key: str, problems: list[str], base: Path) -> Any:
@@ -379,22 +415,87 @@ def _numbers(*values: object) -> bool:
 
 
 def _check_mqtt(obj: MqttConfig, key: Callable[[str], str], problems: list[str]) -> None:
-    for name in ("topic", "availability_topic"):
+    for name in ("topic", "availability_topic", "discovery_prefix", "door_topic"):
         topic = getattr(obj, name)
         if isinstance(topic, str) and (not topic or "#" in topic or "+" in topic):
             problems.append(f"{key(name)}: must be a topic name without wildcards (got {topic!r})")
+        elif isinstance(topic, str) and ("{" in topic.replace("{door}", "") or "}" in topic.replace("{door}", "")):
+            problems.append(f"{key(name)}: the only placeholder is {{door}} (got {topic!r})")
+    if obj.discovery and isinstance(obj.door_topic, str) and "{door}" not in obj.door_topic:
+        problems.append(f"{key('door_topic')}: must hold {{door}}, each door's entities need their own topics "
+                        f"(got {obj.door_topic!r})")
     if obj.password_credential and not obj.username:
         problems.append(f"{key('password_credential')}: needs {key('username')}")
     if obj.ca_file is not None and not obj.tls:
         problems.append(f"{key('ca_file')}: needs {key('tls')}: true")
 
 
+def _door_data(data: Any, problems: list[str]) -> Any:
+    """`data` with each door's `decision` laid over the top-level one and `actions` inherited."""
+    if not isinstance(data, dict) or "doors" not in data:
+        return data
+    doors = data["doors"]
+    if not isinstance(doors, list) or not doors:
+        problems.append(f"doors: must be a list of doors, each with a name and a source (got {doors!r})")
+        return {**data, "doors": []}
+    if "source" in data:
+        problems.append("source: with doors, each door names its own camera (doors[N].source)")
+    top = data.get("decision")
+    top_decision: dict[str, Any] = top if isinstance(top, dict) else {}
+    merged = []
+    for i, door in enumerate(doors):
+        if not isinstance(door, dict):
+            merged.append(door)  # _build names the problem
+            continue
+        own = door.get("decision")
+        if isinstance(own, dict):
+            for key in sorted(set(own) - set(DOOR_DECISION_KEYS), key=str):
+                if key in {f.name for f in dataclasses.fields(DecisionConfig)}:
+                    problems.append(f"doors[{i}].decision.{key}: not per door; one model and gallery judge "
+                                    f"every door (set decision.{key})")
+            own = {k: v for k, v in own.items() if k in DOOR_DECISION_KEYS or k not in top_decision}
+            door = {**door, "decision": {**top_decision, **own}}
+        elif own is None:
+            door = {**door, "decision": top_decision}
+        if "actions" not in door and "actions" in data:
+            door = {**door, "actions": data["actions"]}
+        merged.append(door)
+    return {**data, "doors": merged}
+
+
+def _check_doors(config: Config, problems: list[str]) -> None:
+    seen: dict[str, int] = {}
+    for i, door in enumerate(config.doors):
+        if not isinstance(door.name, str) or not DOOR_NAME.fullmatch(door.name):
+            problems.append(f"doors[{i}].name: must be 1-32 lower-case letters, digits, - or _, starting with a "
+                            f"letter or digit (got {door.name!r})")
+        elif door.name in seen:
+            problems.append(f"doors[{i}].name: {door.name!r} is already the name of doors[{seen[door.name]}]")
+        else:
+            seen[door.name] = i
+
+
 def parse_config(data: Any, base: Path, source: str = "config") -> Config:
     problems: list[str] = []
+    data = _door_data(data, problems)
     config = _build(Config, data, "", problems, base)
+    _check_doors(config, problems)
     if problems:
         raise ConfigError(problems, source)
     return typing.cast(Config, config)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as people write config: only true/false are booleans (YAML 1.2). YAML 1.1 also reads
+    on/off/yes/no as booleans, which turned a hook's `on: [grant]` into the key True."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
 
 
 def load_config(path: Path | None) -> Config:
@@ -408,7 +509,7 @@ def load_config(path: Path | None) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path} is not UTF-8 text"], str(path)) from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506  # a SafeLoader, with YAML 1.2's booleans
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}".replace("\n", " ")], str(path)) from exc
     if data is None:

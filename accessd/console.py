@@ -35,7 +35,7 @@ from typing import Any
 from flask import Flask, Response, abort, jsonify, redirect, request, send_file, session
 
 from accessd.auditread import newest_first
-from accessd.config import WebConfig
+from accessd.config import DEFAULT_DOOR, WebConfig
 from accessd.doorview import DoorView, draw
 from accessd.enrolment import Enrolment, EnrolmentError, check_name
 from accessd.imageio import ImageError
@@ -49,7 +49,7 @@ LOGIN_WINDOW_S = 60.0  # ... within this long, then 429 until the window passes
 
 @dataclass
 class Backend:
-    view: DoorView
+    views: Callable[[], dict[str, DoorView]]  # each door's, by name in config order (a reload may change them)
     enrolment: Enrolment
     audit_path: Path
     snapshots_dir: Path | None
@@ -200,9 +200,24 @@ def create_app(backend: Backend, password: str, web: WebConfig, api_token: str |
     def session_info() -> Response:
         return jsonify(csrf=session.get("csrf"))
 
+    def door_view() -> DoorView | None:
+        """The door named by `?door=` (the first door without it), or None for an unknown name."""
+        views = backend.views()
+        name = request.args.get("door") or next(iter(views))
+        return views.get(name)
+
+    def no_door() -> Response:
+        return _error(f"no door named {request.args.get('door')!r}; doors: {', '.join(backend.views())}", 404)
+
+    @app.get("/api/doors")
+    def doors() -> Response:
+        return jsonify(doors=[{"name": name, "camera": view.status.get("camera"), "source": view.status.get("source")}
+                              for name, view in backend.views().items()])
+
     @app.get("/api/status")
     def status() -> Response:
-        return jsonify(backend.view.status)
+        view = door_view()
+        return jsonify(view.status) if view is not None else no_door()
 
     @app.get("/api/people")
     def people() -> Response:
@@ -254,6 +269,7 @@ def create_app(backend: Backend, password: str, web: WebConfig, api_token: str |
             return _error("limit and offset must be integers", 400)
         outcome = request.args.get("outcome") or None
         person = request.args.get("person") or None
+        door = request.args.get("door") or None
         since = request.args.get("since") or None
         rows: list[dict[str, Any]] = []
         more = False
@@ -263,7 +279,8 @@ def create_app(backend: Backend, password: str, web: WebConfig, api_token: str |
             if since is not None and str(r.get("ts", "")) < since:
                 break  # records are in time order: everything further back is older still
             if ("decision" not in r or (outcome is not None and r.get("decision") != outcome)
-                    or (person is not None and person not in (r.get("person"), r.get("closest")))):
+                    or (person is not None and person not in (r.get("person"), r.get("closest")))
+                    or (door is not None and r.get("door", DEFAULT_DOOR) != door)):
                 continue
             if skipped < offset:
                 skipped += 1
@@ -303,11 +320,17 @@ def create_app(backend: Backend, password: str, web: WebConfig, api_token: str |
 
     @app.get("/api/settings")
     def settings() -> Response:
-        return jsonify(settings=backend.settings(), recent=backend.view.recent_scores())
+        view = door_view()
+        if view is None:
+            return no_door()
+        return jsonify(settings=backend.settings(), recent=view.recent_scores())
 
     @app.get("/api/live.jpg")
     def live_jpg() -> Response:
-        live = backend.view.live()
+        view = door_view()
+        if view is None:
+            return no_door()
+        live = view.live()
         if live is None:
             return _error("no frame yet", 503)
         resp = Response(draw(live), mimetype="image/jpeg")
@@ -316,11 +339,15 @@ def create_app(backend: Backend, password: str, web: WebConfig, api_token: str |
 
     @app.get("/api/live.mjpeg")
     def live_mjpeg() -> Response:
+        view = door_view()
+        if view is None:
+            return no_door()
+
         def frames() -> Iterator[bytes]:
             seq = -1
             deadline = time.monotonic() + 600  # a stream lasts ten minutes; the page reconnects
-            while time.monotonic() < deadline and not backend.view.closing.is_set():
-                live = backend.view.wait_newer(seq, timeout=1.0)
+            while time.monotonic() < deadline and not view.closing.is_set():
+                live = view.wait_newer(seq, timeout=1.0)
                 if live is None or live.seq == seq:
                     continue
                 seq = live.seq
@@ -344,7 +371,7 @@ def _error(message: str, status: int) -> Response:
 
 def _people(backend: Backend) -> list[dict[str, Any]]:
     """Each person's photos on disk, with the status the live gallery gives them."""
-    gallery = backend.view.gallery
+    gallery = next(iter(backend.views().values())).gallery  # one gallery serves every door
     in_use = {str(p.path.resolve()) for p in gallery.photos} if gallery else set()
     skipped = {str(s.path.resolve()): s.reason for s in gallery.skipped} if gallery else {}
     root = backend.enrolment.root

@@ -1,4 +1,9 @@
-"""The live loop: source -> detector -> verifier -> decision -> actions.
+"""The live loop: sources -> detector -> verifier -> decisions -> actions, for every door.
+
+The daemon hosts the doors (accessd/door.py) around one pipeline and one
+gallery. Each turn takes the latest frame of every door that has one and
+sends all their faces through the model in one run; each door then decides
+on its own frame with its own state and fires its own actions.
 
 Failure policy (fail closed): anything that goes wrong on a frame (decode,
 detector, model, gallery) yields no grant. It is logged, counted in
@@ -14,7 +19,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -25,16 +30,16 @@ from accessd.align import context_crop
 from accessd.audit import AuditError, AuditLog
 from accessd.background import Worker
 from accessd.config import Config, ConfigError
-from accessd.decide import DecisionMaker
+from accessd.door import Door, Stats
 from accessd.doorview import DoorView
 from accessd.gallery import Gallery, LoadCancelled
 from accessd.metrics import Metrics
 from accessd.mqtt import MqttPublisher, open_mqtt
 from accessd.notify import Notifier
-from accessd.pipeline import Pipeline
-from accessd.reload import Parts, rebuild, retire
+from accessd.pipeline import FrameAnalysis, Pipeline
+from accessd.reload import Parts, door_actions, rebuild, retire
 from accessd.reload import close as close_parts
-from accessd.source import FrameSource, open_source
+from accessd.source import FrameSource
 from accessd.types import Decision, Frame, Image, Outcome
 from accessd.watch import GalleryWatcher
 from accessd.webconsole import start_console
@@ -56,18 +61,6 @@ class Swap(enum.IntEnum):
 class _Revocation:
     paths: frozenset[Path]  # resolved
     applied: threading.Event
-
-
-@dataclass
-class Stats:
-    frames: int = 0
-    faces: int = 0
-    errors: int = 0
-    decisions: dict[str, int] = field(default_factory=lambda: {o.value: 0 for o in Outcome})
-    started: float = field(default_factory=time.monotonic)
-
-    def fps(self) -> float:
-        return self.frames / max(time.monotonic() - self.started, 1e-9)
 
 
 def install_signal_handlers(stop: threading.Event, reload: threading.Event | None = None) -> None:
@@ -104,7 +97,11 @@ class Daemon:
         stop: threading.Event | None = None,
     ) -> None:
         self.config = config
-        self.source_uri = source_uri or config.source.uri
+        # `accessd run --source` names the camera of a one-door config (kept across reloads).
+        self.source_uri = source_uri
+        if source_uri and len(config.door_list()) > 1:
+            raise ConfigError([f"--source: the config has {len(config.door_list())} doors, each with its own "
+                               "camera (doors[N].source.uri); --source only replaces the camera of a single door"])
         self.reload_requested = reload_requested or threading.Event()
         self._reload_config = reload_config
         self.notifier = notifier or Notifier({})
@@ -119,14 +116,15 @@ class Daemon:
         self._cancel = threading.Event()
         self._reloading = False
         self.audit = AuditLog.from_config(config.audit)
-        self.actions = Actions(config.actions)
+        actions = door_actions(config)
+        self.doors = [Door(d, config.liveness, actions[d.name]) for d in config.door_list()]
         self.mqtt: MqttPublisher | None = open_mqtt(config.mqtt)
-        self.stats = Stats()
+        self.stats = Stats()  # all doors together
         self.metrics = Metrics()
         self.metrics.provider.info({"provider": self.pipeline.model.provider})
-        self.view = DoorView()  # what the console reads; the loop only swaps references in it
         self.console: Any = None
-        self._decider: DecisionMaker | None = None
+        self._stop = stop or threading.Event()
+        self._frame_ready = threading.Event()  # set by any door's camera thread at a new frame
         # Photos the console removed, applied by the frame loop before its next frame. A
         # gallery scanned before a removal may still hold them, so each removal is kept
         # (numbered) until a gallery scanned after it is swapped in.
@@ -136,21 +134,51 @@ class Daemon:
         self._reload_seq = 0
         self._gallery_metrics()
 
+    @property
+    def views(self) -> dict[str, DoorView]:
+        """What the console may see of each door, by name, in config order."""
+        return {d.name: d.view for d in self.doors}
+
+    @property
+    def view(self) -> DoorView:
+        """The first door's view (a one-door daemon's only one)."""
+        return self.doors[0].view
+
     def _gallery_metrics(self) -> None:
         self.metrics.gallery_photos.set(len(self.gallery))
         self.metrics.gallery_people.set(len(self.gallery.people))
-        self.view.gallery = self.gallery
+        for door in self.doors:
+            door.view.gallery = self.gallery
 
-    def run(self, stop: threading.Event, max_frames: int = 0, source: FrameSource | None = None) -> int:
-        if source is None:
-            try:
-                source = open_source(self.source_uri, self.config.source, stop)
-            except (OSError, ConfigError) as exc:
-                log.error("%s", exc)
-                return 1
-        decider = DecisionMaker(self.config.decision, source.name, self.config.liveness)
-        log.info("running on %s with %d enrolled photos of %d people",
-                 source.name, len(self.gallery), len(self.gallery.people))
+    def _open(self, door: Door, stop: threading.Event, source: FrameSource | None = None) -> None:
+        door.open(stop, self._frame_ready, self.source_uri if len(self.doors) == 1 else None, source)
+
+    def run(self, stop: threading.Event, max_frames: int = 0, source: FrameSource | None = None,
+            sources: dict[str, FrameSource] | None = None) -> int:
+        """The frame loop until `stop` (or every door's video file ends, or `max_frames` frames in all).
+
+        `source` replaces the camera of a one-door daemon, `sources` the cameras of the doors it names
+        (tests, soak, bench).
+        """
+        self._stop = stop
+        given = dict(sources or {})
+        if source is not None:
+            given[self.doors[0].name] = source
+        try:
+            for door in self.doors:
+                self._open(door, stop, given.get(door.name))
+        except (OSError, ConfigError) as exc:
+            log.error("%s%s", f"door {door.name}: " if len(self.doors) > 1 else "", exc)
+            for door in self.doors:
+                door.close_source()
+            close_parts(self._parts())
+            self.worker.close()
+            self.watcher.close()
+            return 1
+        cameras = [d.source.name if d.source else "" for d in self.doors]
+        where = (f"on {cameras[0]}" if len(self.doors) == 1 else f"{len(self.doors)} doors ("
+                 + ", ".join(f"{d.name} on {c}" for d, c in zip(self.doors, cameras, strict=True)) + ")")
+        log.info("running %s with %d enrolled photos of %d people", where, len(self.gallery), len(self.gallery.people))
         if self.config.metrics.port:
             try:
                 self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
@@ -158,68 +186,104 @@ class Daemon:
                 log.error("metrics.port %d on %s: %s; running without metrics",
                           self.config.metrics.port, self.config.metrics.host, exc.strerror or exc)
         self.console = start_console(self)
-        self._decider = decider
-        self._update_view(source)
-        self.notifier.ready(self._status(source))
-        reconnects = getattr(source, "reconnects", 0)
+        self._update_views()
+        self.notifier.ready(self._status())
         try:
             while not stop.is_set():
                 if max_frames and self.stats.frames >= max_frames:
                     break
                 # Pinged from the frame loop only: a hung loop stops the pings.
                 self.notifier.watchdog()
-                self._report_status(source)
+                self._report_status()
                 if self.reload_requested.is_set():
                     self._start_reload()
                 self._maybe_reload_gallery()
                 swapped = self._apply_finished()
-                if swapped is Swap.CONFIG:
-                    # The new thresholds judge afresh; a lockout and cooldowns carry over.
-                    fresh = DecisionMaker(self.config.decision, source.name, self.config.liveness)
-                    fresh.carry_over(decider)
-                    decider = self._decider = fresh
-                elif swapped is Swap.GALLERY:
-                    decider.reset()  # who is enrolled changed: nothing seen before votes
-                self._apply_revocations(decider)
+                if swapped is Swap.GALLERY:
+                    for door in self.doors:
+                        assert door.decider is not None
+                        door.decider.reset()  # who is enrolled changed: nothing seen before votes
+                self._apply_revocations()
                 t0 = time.perf_counter()
-                frame = source.read(timeout=0.5)
-                if frame is None:
-                    if source.finished:
+                batch = self._latest_frames(timeout=0.5)
+                if not batch:
+                    if all(d.finished for d in self.doors):
                         break
                     continue
-                if getattr(source, "reconnects", 0) != reconnects:
-                    reconnects = getattr(source, "reconnects", 0)
-                    decider.reset()  # a new connection: the frames before the outage say nothing now
                 self.metrics.stage_seconds.labels("capture").observe(time.perf_counter() - t0)
-                self._process(frame, decider, source)
+                if max_frames:
+                    batch = batch[:max_frames - self.stats.frames]
+                self._process_batch(batch)
         finally:
             self.notifier.stopping()
-            self.view.closing.set()
+            for door in self.doors:
+                door.view.closing.set()
             if self.console is not None:
                 self.console.close()
             self._cancel.set()  # a gallery being built stops at its next photo
             self.worker.close()
             self.metrics.close()
             self.watcher.close()
-            source.close()
+            for door in self.doors:
+                door.close_source()
             close_parts(self._parts(), wait=True)
+        for door in self.doors:
+            log.info("door %s: %d frames, %d dropped as stale, %d errors, decisions %s", door.name,
+                     door.stats.frames, door.dropped, door.stats.errors, door.stats.decisions)
         log.info("stopped after %d frames (%.1f frames/s), %d errors, decisions %s",
                  self.stats.frames, self.stats.fps(), self.stats.errors, self.stats.decisions)
         return 0
 
-    def _process(self, frame: Frame, decider: DecisionMaker, source: FrameSource) -> None:
-        self.stats.frames += 1
-        self.metrics.frames.inc()
+    def _latest_frames(self, timeout: float) -> list[tuple[Door, Frame]]:
+        """The latest frame of every door that has one; waits up to `timeout` for the first."""
+        for attempt in range(2):
+            batch = [(door, frame) for door in self.doors if (frame := door.read()) is not None]
+            if batch or attempt or all(d.finished for d in self.doors):
+                return batch
+            # Cameras set this at each frame; a frame that came between the read above and
+            # this wait left it set, so the wait returns at once and the read below takes it.
+            self._frame_ready.wait(timeout)
+            self._frame_ready.clear()
+        return []
+
+    def _process_batch(self, batch: list[tuple[Door, Frame]]) -> None:
+        for door, _ in batch:
+            self.stats.frames += 1
+            door.stats.frames += 1
+            self.metrics.frames.labels(door.name).inc()
+        analyses: list[FrameAnalysis | None]
         try:
-            analysis = self.pipeline.analyse(frame.image, self.gallery)
+            analyses = list(self.pipeline.analyse_many([f.image for _, f in batch], self.gallery))
         except Exception:  # fail closed: a broken frame is never a grant
+            if len(batch) == 1:
+                door, frame = batch[0]
+                log.exception("door %s frame %d: analysis failed; no decision for this frame",
+                              door.name, frame.index)
+                analyses = [None]
+            else:  # each frame alone, so one door's bad frame costs only that door its turn
+                analyses = [self._analyse_alone(door, frame) for door, frame in batch]
+        for (door, frame), analysis in zip(batch, analyses, strict=True):
+            self._process(door, frame, analysis)
+
+    def _analyse_alone(self, door: Door, frame: Frame) -> FrameAnalysis | None:
+        try:
+            return self.pipeline.analyse(frame.image, self.gallery)
+        except Exception:
+            log.exception("door %s frame %d: analysis failed; no decision for this frame", door.name, frame.index)
+            return None
+
+    def _process(self, door: Door, frame: Frame, analysis: FrameAnalysis | None) -> None:
+        decider = door.decider
+        assert decider is not None
+        if analysis is None:
             self.stats.errors += 1
-            self.metrics.frame_errors.inc()
-            log.exception("frame %d: analysis failed; no decision for this frame", frame.index)
+            door.stats.errors += 1
+            self.metrics.frame_errors.labels(door.name).inc()
             decider.update(frame.index, frame.ts, [])
             return
         self.stats.faces += len(analysis.faces)
-        self.view.publish(frame.image, analysis.results)
+        door.stats.faces += len(analysis.faces)
+        door.view.publish(frame.image, analysis.results)
         for stage, seconds in analysis.seconds.items():
             self.metrics.stage_seconds.labels(stage).observe(seconds)
         t0 = time.perf_counter()
@@ -238,63 +302,104 @@ class Daemon:
             if target is not None and r.candidate == target:
                 face = f
                 break
-        self._act(decision, context_crop(frame.image, face, scale=4.0) if face is not None else None)
+        self._act(door, replace(decision, door=door.name),
+                  context_crop(frame.image, face, scale=4.0) if face is not None else None)
 
-    def _act(self, decision: Decision, crop: Image | None) -> None:
+    def _act(self, door: Door, decision: Decision, crop: Image | None) -> None:
         snapshot = self.audit.snapshot(decision, crop)
         if snapshot:
-            decision = Decision(**{**decision.__dict__, "snapshot": snapshot})
+            decision = replace(decision, snapshot=snapshot)
         try:
             record = self.audit.append(decision)
         except AuditError as exc:
             self.stats.errors += 1
+            door.stats.errors += 1
             self.metrics.audit_errors.inc()
             # Nothing unrecorded may open the door: without an audit record, no grant hook runs.
-            log.error("%s; decision %s not recorded, actions withheld", exc, decision.outcome.value)
+            log.error("%s; decision %s at door %s not recorded, actions withheld", exc, decision.outcome.value,
+                      door.name)
             return
         self.stats.decisions[decision.outcome.value] += 1
-        self.metrics.decisions.labels(decision.outcome.value, decision.person or "").inc()
+        door.stats.decisions[decision.outcome.value] += 1
+        self.metrics.decisions.labels(door.name, decision.outcome.value, decision.person or "").inc()
         if decision.outcome is Outcome.SPOOF_SUSPECTED:
-            self.metrics.spoof_suspected.labels(str(decision.extra.get("check", ""))).inc()
+            self.metrics.spoof_suspected.labels(door.name, str(decision.extra.get("check", ""))).inc()
         log.info(
-            "decision=%s person=%s score=%.3f ratio=%.2f frame=%d source=%s reason=%s",
+            "decision=%s person=%s score=%.3f ratio=%.2f frame=%d source=%s door=%s reason=%s",
             decision.outcome.value, decision.person or "-", decision.score, decision.ratio,
-            decision.frame, decision.source, decision.reason,
+            decision.frame, decision.source, door.name, decision.reason,
         )
-        self.actions.fire(decision, record)
+        door.actions.fire(decision, record)
         if self.mqtt is not None:
-            self.mqtt.publish(record)
+            self.mqtt.publish(record, door.name)
 
-    def _status(self, source: FrameSource) -> str:
-        camera = "connected" if getattr(source, "connected", True) else "reconnecting"
+    def _status(self) -> str:
+        cameras = ", ".join(f"{d.name} {'connected' if d.connected else 'reconnecting'}" for d in self.doors)
         return (f"{self.stats.fps():.1f} frames/s, gallery {len(self.gallery)} photos of "
-                f"{len(self.gallery.people)} people, camera {camera}")
+                f"{len(self.gallery.people)} people, camera {cameras}")
 
-    def _report_status(self, source: FrameSource) -> None:
+    def _report_status(self) -> None:
         now = time.monotonic()
         if now >= self._next_status:
             self._next_status = now + STATUS_EVERY_S
-            self.notifier.status(self._status(source))
-            self._update_view(source)
-            self.metrics.fps.set(self.stats.fps())
-            self.metrics.hook_failures.set(self.actions.failures)
-            self.metrics.camera_reconnects.set(getattr(source, "reconnects", 0))
+            self.notifier.status(self._status())
+            self._update_views()
+            for door in self.doors:
+                self.metrics.fps.labels(door.name).set(door.stats.fps())
+                self.metrics.hook_failures.labels(door.name).set(door.actions.failures)
+                self.metrics.camera_reconnects.labels(door.name).set(getattr(door.source, "reconnects", 0))
             if self.mqtt is not None:
                 self.metrics.mqtt_connected.set(self.mqtt.connected.is_set())
 
-    def _update_view(self, source: FrameSource) -> None:
-        locked = self._decider.lockout_left() if self._decider else 0.0
-        self.view.status = {
-            "camera": "up" if getattr(source, "connected", True) else "reconnecting", "source": source.name,
-            "fps": round(self.stats.fps(), 1), "frames": self.stats.frames, "errors": self.stats.errors,
-            "decisions": dict(self.stats.decisions), "provider": self.pipeline.model.provider,
-            "model": self.pipeline.model.path.name, "architecture": self.pipeline.model.contract.architecture,
-            "gallery_photos": len(self.gallery), "gallery_people": len(self.gallery.people),
-            "lockout_s_left": round(locked, 1),
-        }
+    def _update_views(self) -> None:
+        for door in self.doors:
+            locked = door.decider.lockout_left() if door.decider else 0.0
+            door.view.status = {
+                "door": door.name, "doors": [d.name for d in self.doors],
+                "camera": "up" if door.connected else "reconnecting",
+                "source": door.source.name if door.source else "",
+                "fps": round(door.stats.fps(), 1), "frames": door.stats.frames, "errors": door.stats.errors,
+                "dropped": door.dropped, "decisions": dict(door.stats.decisions),
+                "provider": self.pipeline.model.provider,
+                "model": self.pipeline.model.path.name, "architecture": self.pipeline.model.contract.architecture,
+                "gallery_photos": len(self.gallery), "gallery_people": len(self.gallery.people),
+                "lockout_s_left": round(locked, 1),
+            }
 
     def _parts(self) -> Parts:
-        return Parts(self.config, self.pipeline, self.gallery, self.audit, self.actions, self.mqtt)
+        return Parts(self.config, self.pipeline, self.gallery, self.audit, {d.name: d.actions for d in self.doors},
+                     self.mqtt)
+
+    def _swap_doors(self, config: Config, actions: dict[str, Actions]) -> None:
+        """The doors of a reloaded config: a door whose camera is unchanged keeps it (and its view and
+        counts), with new settings and actions; a changed camera is reopened; a removed door is closed.
+        A lockout and cooldowns carry over either way."""
+        old = {d.name: d for d in self.doors}
+        self.doors = []
+        for dc in config.door_list():
+            door = old.pop(dc.name, None)
+            if door is not None and door.config.source == dc.source:
+                door.reconfigure(dc, config.liveness, actions[dc.name])
+                self.doors.append(door)
+                continue
+            fresh = Door(dc, config.liveness, actions[dc.name])
+            if door is not None:
+                log.info("door %s: its camera changed; opening %s", dc.name, dc.source.uri)
+                door.close(wait=False)
+                fresh.view, fresh.stats = door.view, door.stats
+            self.doors.append(fresh)
+            try:
+                self._open(fresh, self._stop)
+            except (OSError, ConfigError) as exc:  # its video file is missing: that door ends, others go on
+                log.error("door %s: %s", dc.name, exc)
+                fresh.finished = True
+                continue
+            if door is not None and door.decider is not None and fresh.decider is not None:
+                fresh.decider.carry_over(door.decider)
+        for gone in old.values():
+            log.info("door %s removed by the reload; closing it", gone.name)
+            gone.close(wait=False)
+        self._gallery_metrics()
 
     def _start_reload(self) -> None:
         """SIGHUP: read and check the config now, build its parts on the worker thread."""
@@ -324,7 +429,7 @@ class Daemon:
         self._revocations.put(r)
         return r.applied.wait(timeout)
 
-    def _apply_revocations(self, decider: DecisionMaker) -> None:
+    def _apply_revocations(self) -> None:
         while True:
             try:
                 r = self._revocations.get_nowait()
@@ -334,7 +439,9 @@ class Daemon:
             self._revoked.append((self._revoke_seq, r.paths))
             self.gallery = self.gallery.without(r.paths)
             self._gallery_metrics()
-            decider.reset()
+            for door in self.doors:
+                if door.decider is not None:
+                    door.decider.reset()
             r.applied.set()
             log.info("revoked %d photo(s) before the next frame", len(r.paths))
 
@@ -378,7 +485,8 @@ class Daemon:
                 retire(self._parts(), new)
                 self.config, self.pipeline = new.config, new.pipeline
                 self.gallery = self._still_revoked(new.gallery, self._reload_seq)
-                self.audit, self.actions, self.mqtt = new.audit, new.actions, new.mqtt
+                self.audit, self.mqtt = new.audit, new.mqtt
+                self._swap_doors(new.config, new.actions)
                 if new.config.gallery.dir != self.watcher.root:
                     self.watcher.close()
                     self.watcher = GalleryWatcher(new.config.gallery.dir)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
+import weakref
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any
@@ -34,6 +36,7 @@ def import_mediapipe_tasks() -> tuple[ModuleType, Any, ModuleType]:
     hide = "tensorflow" not in sys.modules
     if hide:
         sys.modules["tensorflow"] = None  # type: ignore[assignment]  # `import tensorflow` -> ModuleNotFoundError
+    stubs = _defer_pyplot()
     try:
         import mediapipe as mp
         from mediapipe.tasks.python import vision
@@ -41,12 +44,51 @@ def import_mediapipe_tasks() -> tuple[ModuleType, Any, ModuleType]:
     finally:
         if hide and sys.modules.get("tensorflow", ...) is None:
             del sys.modules["tensorflow"]
+        for name, stub in stubs.items():
+            if sys.modules.get(name) is stub:
+                del sys.modules[name]
     return mp, vision, base_options
+
+
+class _Deferred(ModuleType):
+    """Stands in for a module until one of its names is used; then imports the real one."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(importlib.import_module(self.__name__), name)
+
+
+def _defer_pyplot() -> dict[str, ModuleType]:
+    """Stand-ins for `matplotlib` and `matplotlib.pyplot` while MediaPipe is imported.
+
+    MediaPipe's `vision/drawing_utils.py` imports pyplot at import time for drawing
+    helpers a door never calls: +41 MB and 0.25 s per process. Its `plt` becomes a
+    stand-in that imports the real pyplot on first use, so the helpers still work;
+    the stand-ins leave `sys.modules` after the import. A process that already
+    loaded matplotlib is left alone.
+    """
+    if "matplotlib" in sys.modules:
+        return {}
+    package, pyplot = _Deferred("matplotlib"), _Deferred("matplotlib.pyplot")
+    package.pyplot = pyplot  # type: ignore[attr-defined]  # `import matplotlib.pyplot as plt` reads this
+    stubs: dict[str, ModuleType] = {"matplotlib": package, "matplotlib.pyplot": pyplot}
+    sys.modules.update(stubs)
+    return stubs
 
 
 # LiteRT prints this once per process, at the first input tensor that happens to be
 # unaligned: not always the first frame (in one CI run, the second photo of `verify`).
 ALIGNMENT_NOTICE = "memory is not aligned"
+
+
+def _close_detector(detector: Any) -> None:
+    try:
+        with quiet_native("mediapipe"):
+            detector.close()
+    except RuntimeError:
+        # At exit, after concurrent.futures has shut its executors down ("cannot schedule new futures
+        # after shutdown"): the process is ending and frees everything. Forget the handle, or
+        # MediaPipe's __del__ tries again later and prints a traceback.
+        detector._handle = None
 
 
 class FaceDetector:
@@ -83,6 +125,10 @@ class FaceDetector:
         except (RuntimeError, ValueError) as exc:
             raise DetectorError(f"cannot load detector model {model_path}: {exc}") from exc
         self.model_path = model_path
+        # MediaPipe closes an unclosed detector in its __del__, which at interpreter shutdown runs after
+        # its C bindings are gone and prints a TypeError traceback per detector. Every owner closes its
+        # detector; this finalizer is the net for one that did not (collected, or at exit), once.
+        self._close = weakref.finalize(self, _close_detector, self._detector)
         log.info("face detector %s (min_confidence=%s)", model_path.name, min_confidence)
 
     def detect(self, image: Image) -> list[Face]:
@@ -117,8 +163,7 @@ class FaceDetector:
         return faces
 
     def close(self) -> None:
-        with quiet_native("mediapipe"):
-            self._detector.close()
+        self._close()
 
     def __enter__(self) -> FaceDetector:
         return self

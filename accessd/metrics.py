@@ -21,18 +21,20 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.frames = Counter("accessd_frames", "Frames processed", registry=r)
-        self.fps = Gauge("accessd_frames_per_second", "Frames processed per second", registry=r)
+        self.frames = Counter("accessd_frames", "Frames processed", ["door"], registry=r)
+        self.fps = Gauge("accessd_frames_per_second", "Frames processed per second", ["door"], registry=r)
         self.stage_seconds = Histogram("accessd_stage_seconds", "Per-frame latency by stage", ["stage"],
                                        buckets=_BUCKETS, registry=r)
-        self.decisions = Counter("accessd_decisions", "Decisions by outcome and person", ["decision", "person"],
+        self.decisions = Counter("accessd_decisions", "Decisions by door, outcome and person",
+                                 ["door", "decision", "person"],
                                  registry=r)
         self.spoof_suspected = Counter("accessd_spoof_suspected", "Faces refused as presented (photo, screen), "
-                                       "by the liveness check that fired", ["check"], registry=r)
-        self.frame_errors = Counter("accessd_frame_errors", "Frames that failed (no decision)", registry=r)
+                                       "by the liveness check that fired", ["door", "check"], registry=r)
+        self.frame_errors = Counter("accessd_frame_errors", "Frames that failed (no decision)", ["door"], registry=r)
         self.audit_errors = Counter("accessd_audit_errors", "Decisions that could not be recorded", registry=r)
-        self.camera_reconnects = Gauge("accessd_camera_reconnects", "Camera reconnections since start", registry=r)
-        self.hook_failures = Gauge("accessd_hook_failures", "Hooks and webhooks that failed", registry=r)
+        self.camera_reconnects = Gauge("accessd_camera_reconnects", "Camera reconnections since start", ["door"],
+                                       registry=r)
+        self.hook_failures = Gauge("accessd_hook_failures", "Hooks and webhooks that failed", ["door"], registry=r)
         self.gallery_photos = Gauge("accessd_gallery_photos", "Enrolled photos in use", registry=r)
         self.gallery_people = Gauge("accessd_gallery_people", "Enrolled people", registry=r)
         self.mqtt_connected = Gauge("accessd_mqtt_connected", "1 while connected to the MQTT broker", registry=r)

@@ -16,6 +16,7 @@ import logging
 import ssl
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -49,7 +50,12 @@ class MqttPublisher:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail
+        client.on_message = self._on_message
         self._client = client
+        # Subscriptions (topic -> handler of payload and retained flag), made again at every connect,
+        # and hooks run at every connect (Home Assistant discovery is re-announced then).
+        self._handlers: dict[str, Callable[[bytes, bool], None]] = {}
+        self.on_connected: list[Callable[[], None]] = []
         client.connect_async(config.host, config.port, keepalive=config.keepalive_s)
         client.loop_start()
 
@@ -71,8 +77,37 @@ class MqttPublisher:
         self._last_problem = ""
         # "online" is queued before anyone is told we are connected.
         client.publish(self.config.availability_topic, "online", qos=1, retain=True)
+        for topic in list(self._handlers):
+            client.subscribe(topic, qos=1)
         self.connected.set()
         log.info("MQTT connected to %s; decisions on %s", self.where, self.config.topic)
+        for hook in list(self.on_connected):
+            try:
+                hook()
+            except Exception:  # a hook's fault must not take the network thread down
+                log.exception("MQTT on-connect hook failed")
+
+    def _on_message(self, _client: paho.Client, _userdata: Any, msg: Any) -> None:
+        handler = self._handlers.get(msg.topic)
+        if handler is None:
+            return
+        try:
+            handler(bytes(msg.payload), bool(msg.retain))
+        except Exception:
+            log.exception("MQTT message on %s could not be handled", msg.topic)
+
+    def subscribe(self, topic: str, handler: Callable[[bytes, bool], None]) -> None:
+        """Call `handler(payload, retained)` for each message on `topic` (on paho's thread), from now
+        and after every reconnect."""
+        self._handlers[topic] = handler
+        if self.connected.is_set():
+            self._client.subscribe(topic, qos=1)
+
+    def send(self, topic: str, payload: str | bytes, retain: bool = False) -> None:
+        """Publish anything else (Home Assistant's discovery and states); queued while the broker is away."""
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
+            log.error("MQTT queue full (%d); %s not published", MAX_QUEUED, topic)
 
     def _on_disconnect(self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         was_connected = self.connected.is_set()
@@ -85,8 +120,8 @@ class MqttPublisher:
         exc = sys.exc_info()[1]
         self._problem(f"cannot connect: {exc}" if exc else "cannot connect")
 
-    def publish(self, record: dict[str, object]) -> None:
-        info = self._client.publish(self.config.topic, json.dumps(record), qos=self.config.qos)
+    def publish(self, record: dict[str, object], door: str) -> None:
+        info = self._client.publish(decision_topic(self.config.topic, door), json.dumps(record), qos=self.config.qos)
         if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
             log.error("MQTT queue full (%d); decision at %s not published", MAX_QUEUED, record.get("ts"))
 
@@ -100,6 +135,11 @@ class MqttPublisher:
                 pass  # the link dropped meanwhile: the broker publishes the will instead
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def decision_topic(topic: str, door: str) -> str:
+    """`mqtt.topic` for one door: `{door}` in it becomes the door's name (the record names it too)."""
+    return topic.replace("{door}", door)
 
 
 def open_mqtt(config: MqttConfig) -> MqttPublisher | None:

@@ -96,27 +96,46 @@ class Pipeline:
     def analyse(self, image: Image, gallery: Gallery, with_templates: bool | None = None) -> FrameAnalysis:
         """Faces, crops and results for one frame; template scores when the template check is on
         (or `with_templates`: door_eval sweeps the check's threshold)."""
-        t0 = time.perf_counter()
-        faces = self.find_faces(image)
-        t1 = time.perf_counter()
-        if not faces:
-            return FrameAnalysis([], [], [], {"detect": t1 - t0})
-        crops = [self.crop(image, f) for f in faces]
-        # All faces of the frame in one run, scored against every photo and, when the
+        return self.analyse_many([image], gallery, with_templates)[0]
+
+    def analyse_many(self, images: list[Image], gallery: Gallery,
+                     with_templates: bool | None = None) -> list[FrameAnalysis]:
+        """`analyse` for the latest frame of several doors: the faces of all of them go through the
+        model in one run (one ONNX Runtime call instead of one per door). `seconds["embed"]` is
+        that shared run's, in every frame that had a face."""
+        analyses: list[FrameAnalysis] = []
+        for image in images:
+            t0 = time.perf_counter()
+            faces = self.find_faces(image)
+            seconds = {"detect": time.perf_counter() - t0}
+            analyses.append(FrameAnalysis(faces, [self.crop(image, f) for f in faces], [], seconds))
+        crops = [c for a in analyses for c in a.crops]
+        if not crops:
+            return analyses
+        # Every face of every frame in one run, scored against every photo and, when the
         # template check is on, every person's template.
+        t1 = time.perf_counter()
         m = len(gallery)
         if with_templates is None:
             with_templates = self.thresholds.template is not None
         targets = gallery.photos_and_templates if with_templates else gallery.embeddings
         _, both = self.model.embed_and_score(stack(crops), targets)
-        scores, templates = both[:, :m], (both[:, m:] if with_templates else None)
-        results = score_faces(faces, scores, gallery, self.thresholds, templates)
-        t2 = time.perf_counter()
-        seconds = {"detect": t1 - t0, "embed": t2 - t1}
-        if any(r.candidate is not None for r in results) and (self.mesh is not None or self.config.liveness.instrument):
-            results = self.liveness_signals(image, results)
-            seconds["liveness"] = time.perf_counter() - t2
-        return FrameAnalysis(faces, crops, results, seconds, scores, templates)
+        embed_s = time.perf_counter() - t1
+        row = 0
+        for image, a in zip(images, analyses, strict=True):
+            if not a.faces:
+                continue
+            mine = both[row:row + len(a.faces)]
+            row += len(a.faces)
+            a.scores, a.template_scores = mine[:, :m], (mine[:, m:] if with_templates else None)
+            a.results = score_faces(a.faces, a.scores, gallery, self.thresholds, a.template_scores)
+            a.seconds["embed"] = embed_s
+            if any(r.candidate is not None for r in a.results) and (
+                    self.mesh is not None or self.config.liveness.instrument):
+                t2 = time.perf_counter()
+                a.results = self.liveness_signals(image, a.results)
+                a.seconds["liveness"] = time.perf_counter() - t2
+        return analyses
 
     def liveness_signals(self, image: Image, results: list[FaceResult]) -> list[FaceResult]:
         """Verified faces with their eye aspect ratio (the face mesh) and the instrument check's finding.

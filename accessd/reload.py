@@ -26,8 +26,21 @@ class Parts:
     pipeline: Pipeline
     gallery: Gallery
     audit: AuditLog
-    actions: Actions
+    actions: dict[str, Actions]  # by door
     mqtt: MqttPublisher | None
+
+
+def door_actions(config: Config) -> dict[str, Actions]:
+    """Each door's own actions (its own pool: a hung hook at one door never holds up another's)."""
+    made: dict[str, Actions] = {}
+    try:
+        for door in config.door_list():
+            made[door.name] = Actions(door.actions)
+    except BaseException:
+        for actions in made.values():
+            actions.close(wait=False)
+        raise
+    return made
 
 
 def _pipeline_changed(old: Config, new: Config) -> bool:
@@ -44,7 +57,7 @@ def rebuild(current: Parts, config: Config, cancel: threading.Event | None = Non
         made.gallery = made.pipeline.load_gallery(cancel=cancel)
         if config.audit != current.config.audit:
             made.audit = AuditLog.from_config(config.audit)
-        made.actions = Actions(config.actions)
+        made.actions = door_actions(config)
         if config.mqtt != current.config.mqtt:
             made.mqtt = open_mqtt(config.mqtt)
     except BaseException:
@@ -59,15 +72,17 @@ def retire(old: Parts, new: Parts) -> None:
         old.pipeline.close()
     if old.audit is not new.audit:
         old.audit.close()
-    if old.actions is not new.actions:
-        old.actions.close(wait=False)
+    for actions in old.actions.values():
+        if all(actions is not kept for kept in new.actions.values()):
+            actions.close(wait=False)
     if old.mqtt is not None and old.mqtt is not new.mqtt:
         old.mqtt.close()
 
 
 def close(parts: Parts, wait: bool = False) -> None:
     """Close every part; `wait` lets running hooks finish first (the daemon's stop)."""
-    parts.actions.close(wait=wait)
+    for actions in parts.actions.values():
+        actions.close(wait=wait)
     if parts.mqtt is not None:
         parts.mqtt.close()
     parts.audit.close()

@@ -43,9 +43,15 @@ def _open_capture(uri: str, config: SourceConfig) -> Any:
         timeout_ms = int(config.stall_timeout_s * 1000)
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
         cap = cv2.VideoCapture(target, cv2.CAP_ANY, params)
+    elif isinstance(target, str) and target.startswith("/dev/"):
+        device = Path(target)
+        if not device.exists():
+            return cv2.VideoCapture()  # not plugged in (yet): closed, and no FFmpeg complaint on stderr
+        # A camera node goes to V4L2 directly (FFmpeg's probe of it prints to stderr when it fails).
+        cap = cv2.VideoCapture(target, cv2.CAP_V4L2 if device.is_char_device() else cv2.CAP_ANY)
     else:
         cap = cv2.VideoCapture(target)
-    if cap.isOpened() and isinstance(target, int):
+    if cap.isOpened() and (isinstance(target, int) or target.startswith("/dev/")):
         if config.width:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, config.width)
         if config.height:
@@ -75,7 +81,10 @@ def stream_url(uri: str, config: SourceConfig) -> str:
 
 
 def is_file_source(uri: str) -> bool:
-    return not uri.isdigit() and "://" not in uri
+    """A video file, read in order to its end; anything else is a camera or stream, which waits and
+    reconnects. `/dev/video2` and `/dev/v4l/by-id/...` are cameras: a USB camera may enumerate
+    after the daemon starts, or be unplugged and come back."""
+    return not uri.isdigit() and "://" not in uri and not uri.startswith("/dev/")
 
 
 class VideoFileSource:
@@ -108,10 +117,12 @@ class VideoFileSource:
 
 
 class LiveSource:
-    """A camera index or stream URL read on its own thread."""
+    """A camera (index or /dev path) or stream URL read on its own thread."""
 
-    def __init__(self, uri: str, config: SourceConfig, stop: threading.Event) -> None:
+    def __init__(self, uri: str, config: SourceConfig, stop: threading.Event,
+                 ready: threading.Event | None = None) -> None:
         self.name = display_name(uri)
+        self._ready = ready  # set at each new frame: a loop serving several doors waits on one event
         self._url = stream_url(uri, config)  # never logged: it may hold the password
         self.finished = False  # a live source never finishes; it reconnects
         self.config = config
@@ -162,6 +173,8 @@ class LiveSource:
                         self.dropped += 1
                     self._slot = frame
                     self._cond.notify()
+                if self._ready is not None:
+                    self._ready.set()
             self.connected = False
             cap.release()
 
@@ -185,7 +198,8 @@ class LiveSource:
         self._thread.join(timeout=5.0)
 
 
-def open_source(uri: str, config: SourceConfig, stop: threading.Event) -> FrameSource:
+def open_source(uri: str, config: SourceConfig, stop: threading.Event,
+                ready: threading.Event | None = None) -> FrameSource:
     if is_file_source(uri):
         return VideoFileSource(Path(uri), config)
-    return LiveSource(uri, config, stop)
+    return LiveSource(uri, config, stop, ready)

@@ -109,9 +109,11 @@ class Decision:
     reason: str
     snapshot: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    door: str = ""  # the door that decided (named in config.yaml; "door" when there is one)
 
     def to_record(self) -> dict[str, object]:
         return {
+            "door": self.door,
             "decision": self.outcome.value,
             "person": self.person,
             "score": round(self.score, 6),

@@ -77,7 +77,7 @@ def start_console(daemon: Daemon) -> WebServer | None:
                 for f in flags]
 
     backend = Backend(
-        view=daemon.view,
+        views=lambda: daemon.views,
         enrolment=Enrolment(lambda: daemon.config.gallery.dir, lambda: daemon.audit,
                             lambda image: daemon.pipeline.enrolment_problem(image), daemon.revoke),
         audit_path=daemon.config.audit.path,

@@ -66,6 +66,15 @@ def test_relative_paths_resolve_against_config_folder(tmp_path: Path) -> None:
         ("source:\n  reconnect_initial_s: 5\n  reconnect_max_s: 1\n",
          "source.reconnect_max_s: must be at least reconnect_initial_s (got 1.0)"),
         ("actions:\n  hooks:\n    - argv: [x]\n      timeout_s: 0\n", "actions.hooks[0].timeout_s: must be between"),
+        ("mqtt:\n  topic: accessd/{name}/decision\n", "mqtt.topic: the only placeholder is {door}"),
+        ("doors: []\n", "doors: must be a list of doors"),
+        ("doors:\n  - {name: Front Door}\n", "doors[0].name: must be 1-32 lower-case letters"),
+        ("doors:\n  - {name: a}\n  - {name: a}\n", "doors[1].name: 'a' is already the name of doors[0]"),
+        ("source: {uri: '1'}\ndoors:\n  - {name: a}\n", "source: with doors, each door names its own camera"),
+        ("doors:\n  - name: a\n    decision: {detection_threshold: 0.9}\n",
+         "doors[0].decision.detection_threshold: not per door"),
+        ("doors:\n  - name: a\n    decision: {confirm_frames: 0}\n", "doors[0].decision.confirm_frames: must be between"),
+        ("doors:\n  - name: a\n    source: {uri: '0', colour: red}\n", "doors[0].source.colour: unknown key"),
     ],
 )
 def test_bad_values_name_their_key(tmp_path: Path, yaml_text: str, expected: str) -> None:
@@ -160,3 +169,49 @@ def test_a_range_names_its_key_for_values_inside_lists() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config({"actions": {"webhooks": [{"url": "http://x/", "retries": 99}]}}, Path("/srv"))
     assert err.value.problems == ["actions.webhooks[0].retries: must be between 0 and 10 (got 99)"]
+
+
+def test_doors_share_the_top_level_and_override_their_own_state(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("""
+decision: {confirm_frames: 2, lockout_s: 60, detection_threshold: 0.7}
+actions:
+  hooks:
+    - argv: [/usr/local/bin/notify]
+      on: [grant, deny]
+doors:
+  - name: front
+    source: {uri: /dev/video0}
+    decision: {lockout_s: 600}
+  - name: garage
+    source: {uri: videos/garage.mp4}
+    actions:
+      hooks: [{argv: [/usr/local/bin/open-garage]}]
+""")
+    c = load_config(cfg)
+    front, garage = c.door_list()
+    assert (front.name, front.source.uri, garage.source.uri) == ("front", "/dev/video0", "videos/garage.mp4")
+    # Its own state over the top-level decision; the rest (thresholds included) is the top level's.
+    assert (front.decision.lockout_s, front.decision.confirm_frames) == (600.0, 2)
+    assert (garage.decision.lockout_s, garage.decision.detection_threshold) == (60.0, 0.7)
+    # Actions: the door's own, else the top level's (`on:` is a key here, not YAML 1.1's boolean).
+    assert front.actions.hooks[0].argv == ("/usr/local/bin/notify",) and front.actions.hooks[0].on == ("grant", "deny")
+    assert [h.argv for h in garage.actions.hooks] == [("/usr/local/bin/open-garage",)]
+
+
+def test_a_config_without_doors_is_one_door_named_door(tmp_path: Path) -> None:
+    c = parse_config({"source": {"uri": "2"}, "decision": {"confirm_frames": 4}}, tmp_path)
+    (door,) = c.door_list()
+    assert (door.name, door.source.uri, door.decision.confirm_frames) == ("door", "2", 4)
+    result = run_py("-m", "accessd", "check-config", "--config", str(REPO / "config.yaml"))
+    assert "1 door" in result.stdout and "doors:" in result.stdout  # says how to list several
+
+
+def test_yaml_on_off_yes_no_are_strings_not_booleans(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("actions:\n  hooks:\n    - argv: [/bin/true]\n      on: [deny]\nliveness:\n  blink: false\n")
+    c = load_config(cfg)
+    assert c.actions.hooks[0].on == ("deny",) and c.liveness.blink is False
+    cfg.write_text("liveness:\n  blink: off\n")  # YAML 1.1's false; here a string, and said so
+    with pytest.raises(ConfigError, match="liveness.blink: must be true or false"):
+        load_config(cfg)

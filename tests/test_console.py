@@ -80,7 +80,10 @@ class Door:
         self.url = f"http://127.0.0.1:{self.port}"
         cfg = write_config(
             tmp / "config.yaml", model,
-            source={"uri": self.camera.url, "reconnect_max_s": 1.0},
+            # Two doors: the one with the camera first (the console's default), and one whose camera is
+            # not plugged in, for the door picker.
+            doors=[{"name": "front", "source": {"uri": self.camera.url, "reconnect_max_s": 1.0}},
+                   {"name": "side", "source": {"uri": "/dev/shm/accessd-no-such-camera"}}],
             gallery={"dir": str(self.gallery)},
             audit={"path": str(self.audit), "snapshots_dir": str(tmp / "snaps")},
             decision={"deny_interval_s": 1.0, "grant_cooldown_s": 1.0, "lockout_denies": 0},
@@ -362,6 +365,16 @@ def test_in_the_browser_enrol_from_a_refused_snapshot_then_delete_then_upload(do
          lambda: browser.find_element(By.ID, "live-frame").get_attribute("data-seq") not in ("", frame))
     wait("the status", lambda: "gallery photos" in browser.find_element(By.ID, "status").text)
     shoot(browser, "live")
+    # The door picker: the other door's camera is not plugged in, and its status says so.
+    from selenium.webdriver.support.ui import Select
+
+    picker = Select(browser.find_element(By.ID, "live-door"))
+    assert [o.text for o in picker.options] == ["front", "side"]
+    picker.select_by_visible_text("side")
+    wait("the side door's status", lambda: "reconnecting" in browser.find_element(By.ID, "status").text
+         and "/dev/shm/accessd-no-such-camera" in browser.find_element(By.ID, "status").text)
+    picker.select_by_visible_text("front")
+    wait("the front door's status", lambda: "up" in browser.find_element(By.ID, "status").text.split())
 
     # The person at the camera is not enrolled: refused, with a snapshot. Enrol from it.
     door.wait_for("a refused snapshot", lambda: any(r.get("decision") == "deny" and r.get("id")

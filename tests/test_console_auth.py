@@ -36,8 +36,10 @@ class Console:
         self.audit_path = tmp / "audit.jsonl"
         self.gallery = tmp / "gallery"
         audit = AuditLog(self.audit_path)
+        self.views = {"front": DoorView(status={"door": "front", "camera": "up", "source": "0"}),
+                      "garage": DoorView(status={"door": "garage", "camera": "reconnecting", "source": "/dev/video2"})}
         backend = Backend(
-            view=DoorView(), enrolment=Enrolment(lambda: self.gallery, lambda: audit),
+            views=lambda: self.views, enrolment=Enrolment(lambda: self.gallery, lambda: audit),
             audit_path=self.audit_path, snapshots_dir=None,
             verify=lambda _a, _b: {}, check=lambda: [], settings=lambda: {},
         )
@@ -204,3 +206,28 @@ def test_decisions_are_paged_newest_first_with_a_more_flag(console: Callable[...
     assert [d["frame"] for d in last["decisions"]] == [0] and last["more"] is False
     grants = page(outcome="grant", limit=10)
     assert [d["frame"] for d in grants["decisions"]] == [5, 3, 1] and grants["more"] is False
+
+
+def test_each_door_has_its_status_live_view_and_decisions(console: Callable[..., Console]) -> None:
+    c = console()
+
+    def get(path: str, **q: object) -> requests.Response:
+        return requests.get(c.url + path, params=q, headers=bearer(TOKEN), timeout=10)
+
+    assert get("/api/doors").json()["doors"] == [
+        {"name": "front", "camera": "up", "source": "0"},
+        {"name": "garage", "camera": "reconnecting", "source": "/dev/video2"}]
+    assert get("/api/status").json()["door"] == "front"  # the first door without ?door=
+    assert get("/api/status", door="garage").json()["camera"] == "reconnecting"
+    missing = get("/api/status", door="cellar")
+    assert missing.status_code == 404 and "doors: front, garage" in missing.json()["error"]
+    assert get("/api/live.jpg", door="cellar").status_code == 404
+    assert get("/api/live.jpg", door="garage").status_code == 503  # no frame from that door yet
+    audit = AuditLog(c.audit_path)
+    for i, door in enumerate(["front", "garage", "front"]):
+        audit.append_record({"door": door, "decision": "grant", "person": "ann", "frame": i})
+    audit.append_record({"decision": "deny", "person": None, "frame": 3})  # written before doors: the one door
+    audit.close()
+    assert [d["frame"] for d in get("/api/decisions", door="front").json()["decisions"]] == [2, 0]
+    assert [d["frame"] for d in get("/api/decisions", door="garage").json()["decisions"]] == [1]
+    assert [d["frame"] for d in get("/api/decisions", door="door").json()["decisions"]] == [3]

@@ -206,7 +206,8 @@ def test_gallery_changes_are_picked_up_without_restart(tmp_path: Path, tiny_mode
     finally:
         daemon.worker.close()
         daemon.watcher.close()
-        daemon.actions.close()
+        for door in daemon.doors:
+            door.actions.close()
         daemon.audit.close()
         daemon.pipeline.close()
 
@@ -286,17 +287,17 @@ def test_errors_on_frames_fail_closed_and_the_loop_goes_on(tmp_path: Path, train
     write_video(video, [photos(PERSON)[20:26]], 5)
     hooks = tmp_path / "hooks.txt"
     daemon = _in_process_daemon(tmp_path, trained_model, hooks, audit={"path": str(tmp_path / "a.jsonl")})
-    real = daemon.pipeline.analyse  # type: ignore[attr-defined]
+    real = daemon.pipeline.analyse_many  # type: ignore[attr-defined]
     failed: list[int] = []
 
-    def flaky(image: np.ndarray, gallery: object) -> object:
+    def flaky(images: list[np.ndarray], gallery: object) -> object:
         n = len(failed) + 1
-        if n <= 20:  # the model blows up on the first 20 frames
+        if n <= 20:  # the model blows up on the first 20 frames (one door: one frame per call)
             failed.append(n)
             raise RuntimeError("injected model failure")
-        return real(image, gallery)
+        return real(images, gallery)
 
-    daemon.pipeline.analyse = flaky  # type: ignore[attr-defined]
+    daemon.pipeline.analyse_many = flaky  # type: ignore[attr-defined]
     daemon.source_uri = str(video)  # type: ignore[attr-defined]
     assert daemon.run(threading.Event()) == 0  # type: ignore[attr-defined]
     assert daemon.stats.frames == 30 and daemon.stats.errors == 20  # type: ignore[attr-defined]
@@ -481,4 +482,4 @@ def test_a_suspected_spoof_is_audited_counted_and_keeps_its_snapshot_face(tmp_pa
     records = audit(tmp_path / "a.jsonl")
     assert [(r["decision"], r["check"], r["closest"]) for r in records] == [("spoof_suspected", "blink", PERSON)]
     registry = daemon.metrics.registry  # type: ignore[attr-defined]
-    assert registry.get_sample_value("accessd_spoof_suspected_total", {"check": "blink"}) == 1.0
+    assert registry.get_sample_value("accessd_spoof_suspected_total", {"door": "door", "check": "blink"}) == 1.0

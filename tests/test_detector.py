@@ -100,3 +100,27 @@ def test_tensorflow_stays_importable_after_the_detector(tmp_path: Path) -> None:
             "assert 'tensorflow' not in sys.modules; import tensorflow as tf; print(tf.__version__)")
     result = run_py("-c", code)
     assert result.stdout.strip()
+
+
+def test_matplotlib_waits_until_a_drawing_helper_is_used() -> None:
+    """MediaPipe imports pyplot for drawing helpers the door never calls (+41 MB per process): deferred."""
+    from tests.conftest import run_py
+
+    code = ("from pathlib import Path; import sys; from accessd.detector import FaceDetector; "
+            "d = FaceDetector(Path('models/detector/face_detection_full_range_sparse.tflite')); "
+            "print('matplotlib' in sys.modules); "
+            "from mediapipe.tasks.python.vision import drawing_utils; "
+            "print(drawing_utils.plt.figure.__module__, 'matplotlib.pyplot' in sys.modules)")
+    result = run_py("-c", code)
+    # Not loaded by the detector; the helpers still get the real pyplot on first use.
+    assert result.stdout.split() == ["False", "matplotlib.pyplot", "True"], result.stdout
+
+
+def test_no_traceback_at_exit_with_detectors_left_open() -> None:
+    """MediaPipe's __del__ at interpreter shutdown once printed a TypeError traceback per open detector."""
+    from tests.conftest import run_py
+
+    code = ("from pathlib import Path; from accessd.detector import FaceDetector; "
+            "kept = [FaceDetector(Path('models/detector/face_detection_full_range_sparse.tflite')) for _ in range(2)]")
+    result = run_py("-c", code)
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr[-2000:]

@@ -38,7 +38,7 @@ def test_metrics_endpoint_reports_the_loop(tmp_path: Path, tiny_model: Path) -> 
                 continue
             if "accessd_frames_total" in text and 'stage="detect"' in text:
                 frames = next(float(line.split()[1]) for line in text.splitlines()
-                              if line.startswith("accessd_frames_total "))
+                              if line.startswith('accessd_frames_total{door="door"} '))
                 if frames >= 10:
                     break
             time.sleep(0.2)

@@ -118,7 +118,7 @@ def decision() -> dict[str, object]:
 
 
 def test_decisions_published_and_availability_retained(broker: Broker) -> None:
-    cfg = MqttConfig(host="127.0.0.1", port=broker.port, topic="door/decision", availability_topic="door/avail")
+    cfg = MqttConfig(host="127.0.0.1", port=broker.port, topic="door/{door}/decision", availability_topic="door/avail")
     pub = MqttPublisher(cfg)
     try:
         assert pub.connected.wait(10)
@@ -129,8 +129,8 @@ def test_decisions_published_and_availability_retained(broker: Broker) -> None:
         joined = Subscriber(broker, "door/avail")
         assert joined.next("door/avail") == ("online", True)
         joined.close()
-        pub.publish(decision())
-        payload, retained = sub.next("door/decision")
+        pub.publish(decision(), "front")  # {door} in the topic is the door's name
+        payload, retained = sub.next("door/front/decision")
         assert not retained
         assert json.loads(payload) == decision()
     finally:
@@ -219,7 +219,7 @@ def test_tls_with_the_brokers_ca(tmp_path: Path, caplog: pytest.LogCaptureFixtur
 
 def test_decisions_queued_while_the_broker_is_away(tmp_path: Path) -> None:
     b = start_broker(tmp_path)
-    sub = Subscriber(b, "accessd/decision", client_id="door-relay")
+    sub = Subscriber(b, "accessd/door/decision", client_id="door-relay")
     pub = MqttPublisher(MqttConfig(host="127.0.0.1", port=b.port))
     try:
         assert pub.connected.wait(10)
@@ -231,13 +231,13 @@ def test_decisions_queued_while_the_broker_is_away(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert not pub.connected.is_set()
         t0 = time.monotonic()
-        pub.publish(decision())  # must neither block nor raise with the broker down
+        pub.publish(decision(), "door")  # must neither block nor raise with the broker down
         assert time.monotonic() - t0 < 0.5
         # The broker comes back on the same port with the relay's session; the publisher
         # reconnects by itself and delivers what it queued.
         b = start_broker(tmp_path, port=b.port)
         assert pub.connected.wait(40)
-        payload, _ = sub.next("accessd/decision", timeout=40)
+        payload, _ = sub.next("accessd/door/decision", timeout=40)
         assert json.loads(payload)["person"] == "alice"
     finally:
         sub.close()
@@ -264,7 +264,7 @@ def test_daemon_publishes_every_audited_decision(tmp_path: Path, broker: Broker,
         records = audit(log)
         assert {r["decision"] for r in records} == {"grant", "deny"}, records
         assert sub.next("accessd/availability") == ("online", False)
-        published = [json.loads(sub.next("accessd/decision")[0]) for _ in records]
+        published = [json.loads(sub.next("accessd/door/decision")[0]) for _ in records]
         assert published == records  # the same JSON as the audit log, in order
         assert sub.next("accessd/availability") == ("offline", False)
     finally:
@@ -284,14 +284,14 @@ def test_a_suspected_spoof_is_published_like_any_decision(tmp_path: Path, broker
     cfg = write_config(tmp_path / "config.yaml", trained_model, gallery={"dir": str(gallery)},
                        audit={"path": str(log)}, mqtt={"host": "127.0.0.1", "port": broker.port},
                        decision={"deny_interval_s": 1.0}, liveness={"max_wait_s": 1.0, "instrument": False})
-    sub = Subscriber(broker, "accessd/decision")
+    sub = Subscriber(broker, "accessd/door/decision")
     try:
         result = run_daemon("run", "--config", str(cfg), "--source", str(video))
         assert result.returncode == 0, result.stderr[-3000:]
         records = audit(log)
         assert records and {r["decision"] for r in records} == {"spoof_suspected"}, records
         assert records[0]["check"] == "blink" and records[0]["closest"] == PERSON
-        published = [json.loads(sub.next("accessd/decision")[0]) for _ in records]
+        published = [json.loads(sub.next("accessd/door/decision")[0]) for _ in records]
         assert published == records
     finally:
         sub.close()

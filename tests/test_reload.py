@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from accessd.actions import Actions
 from accessd.audit import AuditLog
 from accessd.config import Config, load_config
 from accessd.mqtt import open_mqtt
 from accessd.pipeline import Pipeline
-from accessd.reload import Parts, close, rebuild, retire
+from accessd.reload import Parts, close, door_actions, rebuild, retire
 from accessd.types import Decision, Outcome
 from tests.test_daemon import PERSON, enrol, photos, write_config
 
@@ -20,7 +19,7 @@ from tests.test_daemon import PERSON, enrol, photos, write_config
 def running_parts(config: Config) -> Parts:
     pipeline = Pipeline(config)
     return Parts(config, pipeline, pipeline.load_gallery(), AuditLog.from_config(config.audit),
-                 Actions(config.actions), open_mqtt(config.mqtt))
+                 door_actions(config), open_mqtt(config.mqtt))
 
 
 @pytest.fixture
@@ -35,7 +34,7 @@ def test_threshold_change_reuses_pipeline_and_audit_log(config: Config) -> None:
     old = running_parts(config)
     new_config = dataclasses.replace(config, decision=dataclasses.replace(config.decision, margin=0.3))
     new = rebuild(old, new_config)
-    assert new.pipeline is old.pipeline and new.audit is old.audit and new.actions is not old.actions
+    assert new.pipeline is old.pipeline and new.audit is old.audit and new.actions["door"] is not old.actions["door"]
     assert new.gallery.counts() == {PERSON: 3}
     retire(old, new)
     # The shared audit log is still open after the old parts retired.

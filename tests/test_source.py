@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -96,12 +98,16 @@ def test_slow_consumer_gets_the_newest_frame_and_drops_are_counted(camera: Mjpeg
     assert newest.index - first.index > 1 and source.dropped >= 1
 
 
+def _write_video(path: Path, frames: int) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    for i in range(frames):
+        writer.write(np.full((48, 64, 3), i * 20 % 256, np.uint8))
+    writer.release()
+
+
 def test_video_file_reads_every_frame_with_stream_timestamps(tmp_path: Path) -> None:
     path = tmp_path / "v.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
-    for i in range(12):
-        writer.write(np.full((48, 64, 3), i * 20, np.uint8))
-    writer.release()
+    _write_video(path, 12)
     source = open_source(str(path), SourceConfig(), threading.Event())
     assert isinstance(source, VideoFileSource)
     frames = []
@@ -114,6 +120,26 @@ def test_video_file_reads_every_frame_with_stream_timestamps(tmp_path: Path) -> 
 def test_missing_video_file_is_an_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="nope.avi"):
         open_source(str(tmp_path / "nope.avi"), SourceConfig(), threading.Event())
+
+
+def test_a_dev_path_is_a_camera_that_may_appear_later(tmp_path: Path) -> None:
+    """A USB camera that enumerates after boot (or is unplugged) is waited for, like an index or URL."""
+    video = tmp_path / "v.avi"
+    _write_video(video, 40)
+    camera = Path("/dev/shm") / f"accessd-test-{uuid.uuid4().hex}.avi"  # /dev/... : taken for a camera
+    stop, ready = threading.Event(), threading.Event()
+    source = open_source(str(camera), SourceConfig(reconnect_initial_s=0.1, reconnect_max_s=0.2), stop, ready)
+    try:
+        assert isinstance(source, LiveSource) and not source.finished
+        assert source.read(timeout=0.5) is None and not source.connected  # not there yet: no error, no end
+        os.symlink(video, camera)
+        assert ready.wait(10)  # a loop serving several doors is woken by any door's new frame
+        frame = source.read(timeout=5)
+        assert frame is not None and frame.image.shape == (48, 64, 3)
+    finally:
+        stop.set()
+        source.close()
+        camera.unlink(missing_ok=True)
 
 
 def test_stream_that_stalls_is_reopened(caplog: pytest.LogCaptureFixture) -> None:

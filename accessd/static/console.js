@@ -48,11 +48,23 @@ function refresh(tab) {
   if (tab === "settings") loadSettings();
 }
 
+// Doors: one picker on the live page, one filter on the decisions page; hidden with a single door.
+const door = () => $("live-door").value;
+async function loadDoors() {
+  const data = await api("GET", "/api/doors");
+  for (const d of data.doors) {
+    $("live-door").append(el("option", { value: d.name }, d.name));
+    $("f-door").append(el("option", { value: d.name }, d.name));
+  }
+  for (const p of document.querySelectorAll(".door-picker")) p.hidden = data.doors.length < 2;
+}
+$("live-door").addEventListener("change", () => { $("status").replaceChildren(); });
+
 // Live: a new JPEG every 300 ms (one request at a time), and the status.
 let liveUrl = null;
 async function liveLoop() {
   try {
-    const r = await fetch("/api/live.jpg", { credentials: "same-origin", cache: "no-store" });
+    const r = await fetch(`/api/live.jpg?door=${encodeURIComponent(door())}`, { credentials: "same-origin", cache: "no-store" });
     if (r.status === 401) { location.href = "/login"; return; }
     if (r.ok) {
       const url = URL.createObjectURL(await r.blob());
@@ -67,7 +79,7 @@ async function liveLoop() {
 
 async function statusLoop() {
   try {
-    const s = await api("GET", "/api/status");
+    const s = await api("GET", `/api/status?door=${encodeURIComponent(door())}`);
     const dl = $("status");
     dl.replaceChildren();
     for (const [k, v] of Object.entries(s)) dl.append(el("dt", {}, k.replaceAll("_", " ")), el("dd", {}, typeof v === "object" ? JSON.stringify(v) : String(v)));
@@ -78,6 +90,7 @@ async function statusLoop() {
 // Decisions
 async function loadDecisions() {
   const q = new URLSearchParams({ limit: PAGE, offset: page * PAGE });
+  if ($("f-door").value) q.set("door", $("f-door").value);
   if ($("f-outcome").value) q.set("outcome", $("f-outcome").value);
   if ($("f-person").value) q.set("person", $("f-person").value);
   if ($("f-since").value) q.set("since", new Date($("f-since").value).toISOString());
@@ -94,7 +107,7 @@ async function loadDecisions() {
       action.append(b);
     }
     rows.append(el("tr", { "data-id": d.id || "" },
-      el("td", {}, d.ts), el("td", { class: d.decision }, d.decision), el("td", {}, d.person || (d.closest ? (d.decision === "spoof_suspected" ? `looked like ${d.closest}` : `unknown (closest: ${d.closest})`) : "-")),
+      el("td", {}, d.ts), el("td", {}, d.door || "door"), el("td", { class: d.decision }, d.decision), el("td", {}, d.person || (d.closest ? (d.decision === "spoof_suspected" ? `looked like ${d.closest}` : `unknown (closest: ${d.closest})`) : "-")),
       el("td", {}, Number(d.score).toFixed(3)), el("td", {}, d.reason || ""), el("td", {}, snap), action));
   }
   $("page").textContent = ` ${page * PAGE + 1}-${page * PAGE + data.decisions.length}${data.more ? "" : " (end)"} `;
@@ -188,7 +201,7 @@ $("verify-form").addEventListener("submit", async (e) => {
 
 // Thresholds
 async function loadSettings() {
-  const data = await api("GET", "/api/settings");
+  const data = await api("GET", `/api/settings?door=${encodeURIComponent(door())}`);
   const dl = $("settings-list");
   dl.replaceChildren();
   for (const [k, v] of Object.entries(data.settings)) dl.append(el("dt", {}, k), el("dd", {}, String(v)));
@@ -214,6 +227,7 @@ $("logout").addEventListener("click", async () => { await api("POST", "/logout")
 
 (async () => {
   csrf = (await api("GET", "/api/session")).csrf || "";
+  await loadDoors();
   liveLoop();
   statusLoop();
 })();

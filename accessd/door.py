@@ -1,0 +1,96 @@
+"""One door: its camera, its decision state, its actions and what the console sees of it.
+
+The daemon hosts several doors around one shared pipeline and gallery. A door
+never waits for another: its camera is read on its own thread (a live source)
+and only its latest frame is taken, so a slow door drops its stale frames
+instead of queueing them; its hooks run on its own pool, so a hung hook at the
+garage does not hold up the front door's.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from accessd.actions import Actions
+from accessd.config import DoorConfig, LivenessConfig
+from accessd.decide import DecisionMaker
+from accessd.doorview import DoorView
+from accessd.source import FrameSource, open_source
+from accessd.types import Frame, Outcome
+
+
+@dataclass
+class Stats:
+    frames: int = 0
+    faces: int = 0
+    errors: int = 0
+    decisions: dict[str, int] = field(default_factory=lambda: {o.value: 0 for o in Outcome})
+    started: float = field(default_factory=time.monotonic)
+
+    def fps(self) -> float:
+        return self.frames / max(time.monotonic() - self.started, 1e-9)
+
+
+class Door:
+    def __init__(self, config: DoorConfig, liveness: LivenessConfig, actions: Actions) -> None:
+        self.config = config
+        self.name = config.name
+        self.actions = actions
+        self.liveness = liveness
+        self.view = DoorView()
+        self.stats = Stats()
+        self.source: FrameSource | None = None
+        self.decider: DecisionMaker | None = None
+        self.finished = False  # its video file has ended (a camera never ends)
+        self._reconnects = 0
+
+    def open(self, stop: threading.Event, ready: threading.Event, uri: str | None = None,
+             source: FrameSource | None = None) -> None:
+        """Open its camera (`uri` overrides the config's; `source` is one already open)."""
+        self.source = source or open_source(uri or self.config.source.uri, self.config.source, stop, ready)
+        self._reconnects = getattr(self.source, "reconnects", 0)
+        self.decider = DecisionMaker(self.config.decision, self.source.name, self.liveness)
+
+    def reconfigure(self, config: DoorConfig, liveness: LivenessConfig, actions: Actions) -> None:
+        """A reload kept this door and its camera: new settings judge afresh; a lockout and cooldowns carry over."""
+        assert self.source is not None and self.decider is not None
+        old_actions = self.actions
+        self.config, self.liveness, self.actions = config, liveness, actions
+        fresh = DecisionMaker(config.decision, self.source.name, liveness)
+        fresh.carry_over(self.decider)
+        self.decider = fresh
+        if old_actions is not actions:
+            old_actions.close(wait=False)
+
+    def read(self) -> Frame | None:
+        """Its latest frame, without waiting; None when there is none yet (or its file ended)."""
+        if self.source is None or self.finished:
+            return None
+        frame = self.source.read(timeout=0.0)
+        if frame is None:
+            self.finished = self.source.finished
+            return None
+        reconnects = getattr(self.source, "reconnects", 0)
+        if reconnects != self._reconnects and self.decider is not None:
+            self._reconnects = reconnects
+            self.decider.reset()  # a new connection: the frames before the outage say nothing now
+        return frame
+
+    @property
+    def connected(self) -> bool:
+        return bool(getattr(self.source, "connected", self.source is not None))
+
+    @property
+    def dropped(self) -> int:
+        """Frames its camera delivered that nobody took (the loop was busy): stale, never queued."""
+        return int(getattr(self.source, "dropped", 0))
+
+    def close_source(self) -> None:
+        if self.source is not None:
+            self.source.close()
+
+    def close(self, wait: bool = False) -> None:
+        self.close_source()
+        self.actions.close(wait=wait)
