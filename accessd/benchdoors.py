@@ -26,9 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from accessd.bench import bench_frame, build_gallery, shared_dir
 from accessd.config import Config, DoorConfig
+from accessd.gallery import Gallery, Photo
 from accessd.imageio import read_image
+from accessd.pipeline import Pipeline
 from accessd.types import Frame, Image
 
 WARMUP_S = 3.0
@@ -86,9 +90,30 @@ def _door_config(config: Config, doors: int, folder: Path) -> Config:
     )
 
 
+def _cached_gallery(pipeline: Pipeline, size: int, photos: list[Path]) -> Gallery:
+    """`build_gallery`, kept in the temp folder by model and size: a --separate run's processes (and the
+    next run) load it instead of each embedding 1,000 photos again on the same cores."""
+    path = Path(tempfile.gettempdir()) / f"accessd-bench-gallery-{pipeline.model.sha256[:12]}-{size}.npz"
+    try:
+        with np.load(path) as saved:
+            names = [str(n) for n in saved["names"]]
+            return Gallery(embeddings=saved["embeddings"], person_of=saved["person_of"],
+                           people=tuple(str(p) for p in saved["people"]),
+                           photos=tuple(Photo(n, Path(n), str(i)) for i, n in enumerate(names)))
+    except (OSError, KeyError, ValueError):
+        pass
+    gallery = build_gallery(pipeline, size, photos)
+    tmp = path.with_suffix(f".{os.getpid()}.npz")
+    np.savez(tmp, embeddings=gallery.embeddings, person_of=gallery.person_of, people=np.asarray(gallery.people),
+             names=np.asarray([p.person for p in gallery.photos]))
+    os.replace(tmp, path)
+    return gallery
+
+
 def measure(config: Config, doors: int, size: int, fps: float, seconds: float,
-            sync: Path | None = None) -> dict[str, Any]:
-    """One daemon, `doors` paced cameras, `seconds` measured after a warm-up."""
+            sync: Path | None = None, faces: int | None = None) -> dict[str, Any]:
+    """One daemon, `doors` paced cameras, `seconds` measured after a warm-up; the first `faces` doors
+    (all by default) show an enrolled face, the others an empty corridor (detection only)."""
     from accessd.daemon import Daemon
     from accessd.door import Door
     from accessd.pipeline import FrameAnalysis
@@ -100,7 +125,7 @@ def measure(config: Config, doors: int, size: int, fps: float, seconds: float,
         folder = Path(tmp)
         (folder / "gallery").mkdir()
         daemon = Daemon(_door_config(config, doors, folder))
-        daemon.gallery = build_gallery(daemon.pipeline, size, photos)
+        daemon.gallery = _cached_gallery(daemon.pipeline, size, photos)
         daemon._gallery_metrics()
         if sync is not None:  # --separate: every process streams from the same moment
             (sync / f"ready-{os.getpid()}").touch()
@@ -108,7 +133,10 @@ def measure(config: Config, doors: int, size: int, fps: float, seconds: float,
                 time.sleep(0.05)
         stop = threading.Event()
         frame = bench_frame(read_image(bush[0]))
-        cameras = {d.name: PacedCamera(d.name, frame, fps, stop, daemon._frame_ready) for d in daemon.doors}
+        empty = np.full_like(frame, 90)
+        shown = [frame if faces is None or i < faces else empty for i in range(doors)]
+        cameras = {d.name: PacedCamera(d.name, image, fps, stop, daemon._frame_ready)
+                   for d, image in zip(daemon.doors, shown, strict=True)}
         latencies: dict[str, list[float]] = {name: [] for name in cameras}
         measuring = threading.Event()
         process = daemon._process
@@ -137,17 +165,19 @@ def measure(config: Config, doors: int, size: int, fps: float, seconds: float,
                              "dropped_pct": round(100.0 * dropped / max(produced, 1), 1),
                              "latency_ms_p50": round(statistics.median(lat), 1) if lat else None,
                              "latency_ms_p95": round(q[18], 1)})
-        return {"doors": doors, "fps_per_door": fps, "gallery_size": size, "seconds": seconds,
+        return {"doors": doors, "faces": doors if faces is None else min(faces, doors), "fps_per_door": fps,
+                "gallery_size": size, "seconds": seconds,
                 "model": daemon.pipeline.model.path.name, "provider": daemon.pipeline.model.provider,
                 "per_door": per_door}
 
 
-def separate(args: list[str], doors: int) -> list[dict[str, Any]]:
+def separate(args: list[str], doors: int, faces: int | None) -> list[dict[str, Any]]:
     """`doors` one-door processes with the same settings, streaming from the same moment."""
     with tempfile.TemporaryDirectory(prefix="accessd-bench-sync-") as sync:
         procs = [subprocess.Popen([sys.executable, "-m", "accessd", *args, "--doors", "1", "--json",
-                                   "--sync-dir", sync], stdout=subprocess.PIPE, text=True)
-                 for _ in range(doors)]
+                                   "--sync-dir", sync, "--faces", str(int(faces is None or i < faces))],
+                                  stdout=subprocess.PIPE, text=True)
+                 for i in range(doors)]
         deadline = time.monotonic() + 600
         while len(list(Path(sync).glob("ready-*"))) < doors:
             if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
@@ -169,18 +199,19 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_doors_bench(config: Config, doors: list[int], size: int, fps: float, seconds: float, as_json: bool,
-                    compare_separate: bool, config_path: Path, sync: Path | None = None) -> int:
+                    compare_separate: bool, config_path: Path, sync: Path | None = None,
+                    faces: int | None = None) -> int:
     if sync is not None:  # one process of a --separate run
-        print(json.dumps(measure(config, doors[0], size, fps, seconds, sync)))
+        print(json.dumps(measure(config, doors[0], size, fps, seconds, sync, faces)))
         return 0
     rows = []
     for n in doors:
-        report = measure(config, n, size, fps, seconds)
+        report = measure(config, n, size, fps, seconds, faces=faces)
         rows.append({"design": "one process", **summary(report), "report": report})
         if compare_separate and n > 1:
             args = ["bench", "--config", str(config_path), "--sizes", str(size), "--fps", str(fps),
                     "--seconds", str(seconds)]
-            reports = separate(args, n)
+            reports = separate(args, n, faces)
             merged = {"seconds": seconds, "per_door": [d for r in reports for d in r["per_door"]]}
             rows.append({"design": f"{n} processes", **summary(merged), "report": merged})
     if as_json:
@@ -188,7 +219,8 @@ def run_doors_bench(config: Config, doors: list[int], size: int, fps: float, sec
         return 0
     first = rows[0]["report"]
     print(f"{first['model']} on {first['provider']}, {size} photos enrolled, {fps:g} frames/s per door, "
-          f"{seconds:g} s each, {os.cpu_count()} CPUs")
+          f"{seconds:g} s each, {os.cpu_count()} CPUs; an enrolled face at "
+          f"{'every door' if faces is None else f'the first {faces} door(s), an empty corridor at the rest'}")
     print(f"{'design':>14} {'doors':>5} {'p50 ms':>8} {'p95 ms':>8} {'dropped':>8} {'decided/s':>10}")
     for r in rows:
         print(f"{r['design']:>14} {r['doors']:>5} {r['worst_p50_ms']:>8.1f} {r['worst_p95_ms']:>8.1f} "

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=float, default=20.0, help="--doors: seconds measured per run")
     bench.add_argument("--separate", action="store_true",
                        help="--doors: also run the same N streams as N one-door processes, for comparison")
+    bench.add_argument("--faces", type=int, help="--doors: only the first N doors show a face (the others an "
+                                                  "empty corridor); default: every door")
     bench.add_argument("--sync-dir", type=Path, help=argparse.SUPPRESS)  # --separate's children
     bench.add_argument("--detectors", action="store_true",
                        help="instead: faces found by each detector model at 640x480 and 1280x720")
@@ -172,7 +174,7 @@ def _dispatch(config: Config, args: argparse.Namespace) -> int:
 
             return run_doors_bench(config, [int(n) for n in args.doors.split(",")],
                                    max(int(s) for s in args.sizes.split(",")), args.fps, args.seconds, args.json,
-                                   args.separate, args.config, args.sync_dir)
+                                   args.separate, args.config, args.sync_dir, args.faces)
         return run_bench(config, [int(s) for s in args.sizes.split(",")], args.frames, args.json,
                          cascade=not args.no_cascade)
     return 1

@@ -13,12 +13,14 @@ detector, model, gallery) yields no grant. It is logged, counted in
 from __future__ import annotations
 
 import enum
+import json
 import logging
+import os
 import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -33,6 +35,7 @@ from accessd.config import Config, ConfigError
 from accessd.door import Door, Stats
 from accessd.doorview import DoorView
 from accessd.gallery import Gallery, LoadCancelled
+from accessd.hass import BY, Command, HomeAssistant
 from accessd.metrics import Metrics
 from accessd.mqtt import MqttPublisher, open_mqtt
 from accessd.notify import Notifier
@@ -119,6 +122,15 @@ class Daemon:
         actions = door_actions(config)
         self.doors = [Door(d, config.liveness, actions[d.name]) for d in config.door_list()]
         self.mqtt: MqttPublisher | None = open_mqtt(config.mqtt)
+        # Face unlock per door (Home Assistant's switch): off means nobody is let in by face. It is
+        # kept across restarts: a door switched off while the house is empty must not come back on.
+        self._unlock_file = config.state_dir / "face-unlock.json"
+        for door, on in self._saved_unlock().items():
+            for d in self.doors:
+                if d.name == door:
+                    d.face_unlock = on
+        self.hass: HomeAssistant | None = None
+        self._start_hass()
         self.stats = Stats()  # all doors together
         self.metrics = Metrics()
         self.metrics.provider.info({"provider": self.pipeline.model.provider})
@@ -150,11 +162,89 @@ class Daemon:
         for door in self.doors:
             door.view.gallery = self.gallery
 
+    def _start_hass(self) -> None:
+        """Home Assistant discovery on the current MQTT link, when `mqtt.discovery` asks for it."""
+        if self.mqtt is None or not self.config.mqtt.discovery:
+            self.hass = None
+            return
+        if self.hass is None or self.hass.mqtt is not self.mqtt or self.hass.config != self.config.mqtt:
+            self.hass = HomeAssistant(self.mqtt, self.config.mqtt, self.config.state_dir,
+                                      snapshots=self.config.audit.snapshots_dir is not None)
+        self.hass.set_doors({d.name: d.face_unlock for d in self.doors})
+
+    def _saved_unlock(self) -> dict[str, bool]:
+        try:
+            data = json.loads(self._unlock_file.read_text())
+            return {str(k): bool(v) for k, v in data.items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, AttributeError) as exc:
+            # Unreadable: every door's face unlock stays on, and says so (a stale "off" is not guessed).
+            log.error("face unlock states in %s unreadable (%s); face unlock on at every door", self._unlock_file, exc)
+            return {}
+
+    def _save_unlock(self) -> None:
+        tmp = self._unlock_file.with_suffix(".tmp")
+        try:
+            self._unlock_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({d.name: d.face_unlock for d in self.doors}))
+            os.replace(tmp, self._unlock_file)
+        except OSError as exc:
+            log.error("face unlock states not saved to %s: %s", self._unlock_file, exc.strerror or exc)
+
+    def set_face_unlock(self, door_name: str, on: bool, by: str) -> bool:
+        """Switch face unlock at a door (frame loop only); audited first. False for an unknown door."""
+        door = next((d for d in self.doors if d.name == door_name), None)
+        if door is None:
+            log.warning("face unlock: no door named %r", door_name)
+            return False
+        try:
+            self.audit.append_record({"event": "face_unlock", "door": door.name, "state": "on" if on else "off",
+                                      "by": by})
+        except AuditError as exc:
+            log.error("%s; face unlock at door %s left %s", exc, door.name, "on" if door.face_unlock else "off")
+            return False
+        door.face_unlock = on
+        self._save_unlock()
+        log.info("face unlock at door %s turned %s by %s", door.name, "on" if on else "off", by)
+        if self.hass is not None:
+            self.hass.face_unlock(door.name, on)
+        return True
+
+    def open_now(self, door_name: str, by: str) -> bool:
+        """Run a door's grant hooks without a face (frame loop only); audited first, with who asked."""
+        door = next((d for d in self.doors if d.name == door_name), None)
+        if door is None:
+            log.warning("open now: no door named %r", door_name)
+            return False
+        decision = Decision(Outcome.GRANT, None, 0.0, 0.0, -1, time.time(), door.source.name if door.source else "",
+                            f"opened by {by}", door=door.name, extra={"by": by, "manual": True})
+        try:
+            record = self.audit.append(decision)
+        except AuditError as exc:
+            log.error("%s; open now at door %s not recorded, not opened", exc, door.name)
+            return False
+        log.info("door %s opened now by %s", door.name, by)
+        door.actions.fire(decision, record)
+        return True
+
+    def _apply_commands(self) -> None:
+        if self.hass is None:
+            return
+        for command in self.hass.commands():
+            self._apply(command)
+
+    def _apply(self, command: Command) -> None:
+        if command.action == "face_unlock":
+            self.set_face_unlock(command.door, command.on, BY)
+        elif command.action == "open":
+            self.open_now(command.door, BY)
+
     def _open(self, door: Door, stop: threading.Event, source: FrameSource | None = None) -> None:
         door.open(stop, self._frame_ready, self.source_uri if len(self.doors) == 1 else None, source)
 
     def run(self, stop: threading.Event, max_frames: int = 0, source: FrameSource | None = None,
-            sources: dict[str, FrameSource] | None = None) -> int:
+            sources: Mapping[str, FrameSource] | None = None) -> int:
         """The frame loop until `stop` (or every door's video file ends, or `max_frames` frames in all).
 
         `source` replaces the camera of a one-door daemon, `sources` the cameras of the doors it names
@@ -204,6 +294,7 @@ class Daemon:
                         assert door.decider is not None
                         door.decider.reset()  # who is enrolled changed: nothing seen before votes
                 self._apply_revocations()
+                self._apply_commands()
                 t0 = time.perf_counter()
                 batch = self._latest_frames(timeout=0.5)
                 if not batch:
@@ -284,6 +375,8 @@ class Daemon:
         self.stats.faces += len(analysis.faces)
         door.stats.faces += len(analysis.faces)
         door.view.publish(frame.image, analysis.results)
+        if self.hass is not None:
+            self.hass.face(door.name, bool(analysis.faces))
         for stage, seconds in analysis.seconds.items():
             self.metrics.stage_seconds.labels(stage).observe(seconds)
         t0 = time.perf_counter()
@@ -291,6 +384,10 @@ class Daemon:
         self.metrics.stage_seconds.labels("decide").observe(time.perf_counter() - t0)
         if decision is None:
             return
+        if decision.outcome is Outcome.GRANT and not door.face_unlock:
+            # Verified, but nobody is let in by face here now: refused, and it says who it was.
+            decision = replace(decision, outcome=Outcome.DENY, person=None, reason="face unlock off",
+                               extra={**decision.extra, "closest": decision.person})
         # Snapshot the face the decision is about (the granted person's, else the first),
         # with its surroundings: a reviewer sees more, and it can be enrolled from.
         face = analysis.faces[0] if analysis.faces else None
@@ -332,6 +429,8 @@ class Daemon:
         door.actions.fire(decision, record)
         if self.mqtt is not None:
             self.mqtt.publish(record, door.name)
+        if self.hass is not None:
+            self.hass.decision(door.name, record, Path(decision.snapshot) if decision.snapshot else None)
 
     def _status(self) -> str:
         cameras = ", ".join(f"{d.name} {'connected' if d.connected else 'reconnecting'}" for d in self.doors)
@@ -350,6 +449,9 @@ class Daemon:
                 self.metrics.camera_reconnects.labels(door.name).set(getattr(door.source, "reconnects", 0))
             if self.mqtt is not None:
                 self.metrics.mqtt_connected.set(self.mqtt.connected.is_set())
+            if self.hass is not None:
+                for door in self.doors:
+                    self.hass.camera(door.name, door.connected)
 
     def _update_views(self) -> None:
         for door in self.doors:
@@ -363,7 +465,7 @@ class Daemon:
                 "provider": self.pipeline.model.provider,
                 "model": self.pipeline.model.path.name, "architecture": self.pipeline.model.contract.architecture,
                 "gallery_photos": len(self.gallery), "gallery_people": len(self.gallery.people),
-                "lockout_s_left": round(locked, 1),
+                "lockout_s_left": round(locked, 1), "face_unlock": door.face_unlock,
             }
 
     def _parts(self) -> Parts:
@@ -383,10 +485,11 @@ class Daemon:
                 self.doors.append(door)
                 continue
             fresh = Door(dc, config.liveness, actions[dc.name])
+            fresh.face_unlock = self._saved_unlock().get(dc.name, True)
             if door is not None:
                 log.info("door %s: its camera changed; opening %s", dc.name, dc.source.uri)
                 door.close(wait=False)
-                fresh.view, fresh.stats = door.view, door.stats
+                fresh.view, fresh.stats, fresh.face_unlock = door.view, door.stats, door.face_unlock
             self.doors.append(fresh)
             try:
                 self._open(fresh, self._stop)
@@ -487,6 +590,7 @@ class Daemon:
                 self.gallery = self._still_revoked(new.gallery, self._reload_seq)
                 self.audit, self.mqtt = new.audit, new.mqtt
                 self._swap_doors(new.config, new.actions)
+                self._start_hass()  # the doors may have changed: announced again, removed ones cleared
                 if new.config.gallery.dir != self.watcher.root:
                     self.watcher.close()
                     self.watcher = GalleryWatcher(new.config.gallery.dir)

@@ -44,6 +44,7 @@ class Door:
         self.source: FrameSource | None = None
         self.decider: DecisionMaker | None = None
         self.finished = False  # its video file has ended (a camera never ends)
+        self.face_unlock = True  # off: nobody is let in by face here (Home Assistant's switch)
         self._reconnects = 0
 
     def open(self, stop: threading.Event, ready: threading.Event, uri: str | None = None,

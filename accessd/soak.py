@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--console", action="store_true",
                    help="serve the console too, with a viewer polling it as the page does (live frame every "
                         "0.3 s, status every 2 s), to measure what it costs the frame loop")
+    p.add_argument("--doors", type=int, default=1, help="doors in the daemon, each looping the video")
     p.add_argument("--threads", type=int, default=0,
                    help="model.threads (ONNX Runtime intra-op threads; 0: its choice)")
     args = p.parse_args(argv)
@@ -71,11 +72,13 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["CREDENTIALS_DIRECTORY"] = tmp
             web = {"port": _free_port(), "password_credential": "console-password",
                    "api_token_credential": "console-token"}
+        doors = {"doors": [{"name": f"door{i + 1}", "source": {"uri": str(args.video)}} for i in range(args.doors)]}
         config = parse_config({"gallery": {"dir": str(gallery.parent)}, "state_dir": tmp, "web": web,
                                "model": {"threads": args.threads},
-                               "audit": {"path": str(Path(tmp) / "audit.jsonl")}}, repo)
-        daemon = Daemon(config, str(args.video))
-        source = VideoFileSource(args.video, config.source, loop=True)
+                               "audit": {"path": str(Path(tmp) / "audit.jsonl")},
+                               **(doors if args.doors > 1 else {})}, repo)
+        daemon = Daemon(config, str(args.video) if args.doors == 1 else None)
+        sources = {d.name: VideoFileSource(args.video, d.source, loop=True) for d in config.door_list()}
         stop = threading.Event()
         start_rss = [0.0]
 
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             threading.Thread(target=_viewer, args=(f"http://127.0.0.1:{web['port']}", args.seconds - 1, viewed),
                              daemon=True).start()
         t0 = time.monotonic()
-        daemon.run(stop, source=source)
+        daemon.run(stop, sources=sources)
         elapsed = time.monotonic() - t0
         time.sleep(0.1)  # the sampler takes its last reading as the stop is set
         end = end_rss[0]
@@ -123,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             "rss_mb_end": round(end, 1),
             "rss_growth_mb": round(end - start_rss[0], 1),
             "rss_mb_each_minute": samples,
+            "doors": args.doors,
             "frame_errors": daemon.stats.errors,
             "decisions": daemon.stats.decisions,
         }

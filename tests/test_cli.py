@@ -43,6 +43,19 @@ def test_bench_json_shape(tmp_path: Path, trained_model: Path) -> None:
         assert g["fps"] > 0 and 0 < g["latency_ms_p50"] <= g["latency_ms_p95"]
 
 
+def test_bench_doors_measures_each_door_and_the_separate_processes(tmp_path: Path, trained_model: Path) -> None:
+    cfg = write_config(tmp_path / "config.yaml", trained_model)
+    result = run_py("-m", "accessd", "bench", "--config", str(cfg), "--json", "--doors", "2", "--sizes", "10",
+                    "--fps", "5", "--seconds", "2", "--faces", "1", "--separate")
+    one, separate = json.loads(result.stdout)
+    assert (one["design"], separate["design"]) == ("one process", "2 processes")
+    for row in (one, separate):
+        doors = row["report"]["per_door"]
+        assert len(doors) == 2 and all(d["frames_in"] >= 5 and d["decided"] >= 1 for d in doors), doors
+        assert 0 < row["worst_p50_ms"] <= row["worst_p95_ms"] and 0 <= row["dropped_pct"] <= 100
+    assert one["report"]["faces"] == 1  # the second door showed an empty corridor
+
+
 def test_enroll_check_flags_a_mislabelled_photo(tmp_path: Path, trained_model: Path) -> None:
     from tests.test_daemon import OTHER_ENROLLED, PERSON, enrol, photos
 
