@@ -4,8 +4,9 @@ Each door's camera is a thread that makes a frame every 1/fps seconds (a real
 LFW face, enrolled, pasted into 640x480: the costliest case, every tower and the
 liveness signals) and keeps only the newest, as a real camera's capture thread
 does; a frame nobody took before the next one came is counted as dropped. The
-doors run in the real daemon loop (accessd/daemon.py), faces of all doors in one
-model run per turn, against a gallery of `--sizes` photos. A door's latency is
+doors run in the real daemon (accessd/daemon.py): each on its own thread, the
+faces of the doors that have some at the same moment in one model run, against
+a gallery of `--sizes` photos. A door's latency is
 from the frame's capture to the end of its decision.
 
 `--separate` runs the same N streams as N processes of one door each, started
@@ -41,11 +42,9 @@ WARMUP_S = 3.0
 class PacedCamera:
     """A camera that produces `fps` frames a second whether or not anyone reads them."""
 
-    def __init__(self, name: str, image: Image, fps: float, stop: threading.Event,
-                 ready: threading.Event | None = None) -> None:
+    def __init__(self, name: str, image: Image, fps: float, stop: threading.Event) -> None:
         self.name, self.finished, self.connected = name, False, True
         self.produced = self.dropped = 0
-        self.ready = ready  # the daemon's, set at each frame (the daemon passes its own in `open`)
         self._image, self._period, self._stop = image, 1.0 / fps, stop
         self._cond = threading.Condition()
         self._slot: Frame | None = None
@@ -61,8 +60,6 @@ class PacedCamera:
                 self._slot = Frame(self._image, self.produced, time.monotonic())
                 self.produced += 1
                 self._cond.notify()
-            if self.ready is not None:
-                self.ready.set()
             next_at += self._period
             self._stop.wait(max(0.0, next_at - time.monotonic()))
 
@@ -135,8 +132,7 @@ def measure(config: Config, doors: int, size: int, fps: float, seconds: float,
         frame = bench_frame(read_image(bush[0]))
         empty = np.full_like(frame, 90)
         shown = [frame if faces is None or i < faces else empty for i in range(doors)]
-        cameras = {d.name: PacedCamera(d.name, image, fps, stop, daemon._frame_ready)
-                   for d, image in zip(daemon.doors, shown, strict=True)}
+        cameras = {d.name: PacedCamera(d.name, image, fps, stop) for d, image in zip(daemon.doors, shown, strict=True)}
         latencies: dict[str, list[float]] = {name: [] for name in cameras}
         measuring = threading.Event()
         process = daemon._process

@@ -12,6 +12,7 @@ detector, model, gallery) yields no grant. It is logged, counted in
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import logging
@@ -50,6 +51,8 @@ from accessd.webconsole import start_console
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 5.0
+DOOR_HUNG_S = 10.0  # a door's thread this long in one turn is stuck: the watchdog pings stop
+HOUSEKEEPING_S = 0.05  # the house loop's turn: a revocation or command waits at most this (plus a frame)
 
 
 class Swap(enum.IntEnum):
@@ -136,7 +139,10 @@ class Daemon:
         self.metrics.provider.info({"provider": self.pipeline.model.provider})
         self.console: Any = None
         self._stop = stop or threading.Event()
-        self._frame_ready = threading.Event()  # set by any door's camera thread at a new frame
+        self._stats_lock = threading.Lock()  # `stats` is every door's, counted from each door's thread
+        self._enough = threading.Event()  # max_frames reached, or the run is ending: door threads stop
+        self._wake = threading.Event()  # wakes the house loop early (a door's file ended)
+        self._max_frames = 0
         # Photos the console removed, applied by the frame loop before its next frame. A
         # gallery scanned before a removal may still hold them, so each removal is kept
         # (numbered) until a gallery scanned after it is swapped in.
@@ -241,16 +247,19 @@ class Daemon:
             self.open_now(command.door, BY)
 
     def _open(self, door: Door, stop: threading.Event, source: FrameSource | None = None) -> None:
-        door.open(stop, self._frame_ready, self.source_uri if len(self.doors) == 1 else None, source)
+        door.open(stop, self.source_uri if len(self.doors) == 1 else None, source)
 
     def run(self, stop: threading.Event, max_frames: int = 0, source: FrameSource | None = None,
             sources: Mapping[str, FrameSource] | None = None) -> int:
-        """The frame loop until `stop` (or every door's video file ends, or `max_frames` frames in all).
+        """Serve every door until `stop` (or every door's video file ends, or `max_frames` frames in all).
 
+        Each door's frames are analysed and decided on its own thread (`_door_loop`); this loop keeps
+        house: the watchdog, status, reloads, gallery swaps, revocations and Home Assistant's commands.
         `source` replaces the camera of a one-door daemon, `sources` the cameras of the doors it names
         (tests, soak, bench).
         """
         self._stop = stop
+        self._max_frames = max_frames
         given = dict(sources or {})
         if source is not None:
             given[self.doors[0].name] = source
@@ -278,37 +287,33 @@ class Daemon:
         self.console = start_console(self)
         self._update_views()
         self.notifier.ready(self._status())
+        for door in self.doors:
+            self._start_thread(door)
         try:
-            while not stop.is_set():
-                if max_frames and self.stats.frames >= max_frames:
+            while not stop.is_set() and not self._enough.is_set():
+                if all(d.finished for d in self.doors):
                     break
-                # Pinged from the frame loop only: a hung loop stops the pings.
-                self.notifier.watchdog()
+                # Pinged only while every door's thread is alive and turning: a door stuck in a frame
+                # stops the pings, and systemd restarts the daemon.
+                if self._doors_turning():
+                    self.notifier.watchdog()
                 self._report_status()
                 if self.reload_requested.is_set():
                     self._start_reload()
                 self._maybe_reload_gallery()
-                swapped = self._apply_finished()
-                if swapped is Swap.GALLERY:
+                if self._apply_finished() is Swap.GALLERY:
                     for door in self.doors:
-                        assert door.decider is not None
-                        door.decider.reset()  # who is enrolled changed: nothing seen before votes
+                        door.reset.set()  # who is enrolled changed: nothing seen before votes
                 self._apply_revocations()
                 self._apply_commands()
-                t0 = time.perf_counter()
-                batch = self._latest_frames(timeout=0.5)
-                if not batch:
-                    if all(d.finished for d in self.doors):
-                        break
-                    continue
-                self.metrics.stage_seconds.labels("capture").observe(time.perf_counter() - t0)
-                if max_frames:
-                    batch = batch[:max_frames - self.stats.frames]
-                self._process_batch(batch)
+                self._wake.wait(HOUSEKEEPING_S)
+                self._wake.clear()
         finally:
             self.notifier.stopping()
+            self._enough.set()  # every door's thread ends after its frame in hand
             for door in self.doors:
                 door.view.closing.set()
+                door.stop_thread()
             if self.console is not None:
                 self.console.close()
             self._cancel.set()  # a gallery being built stops at its next photo
@@ -325,54 +330,71 @@ class Daemon:
                  self.stats.frames, self.stats.fps(), self.stats.errors, self.stats.decisions)
         return 0
 
-    def _latest_frames(self, timeout: float) -> list[tuple[Door, Frame]]:
-        """The latest frame of every door that has one; waits up to `timeout` for the first."""
-        for attempt in range(2):
-            batch = [(door, frame) for door in self.doors if (frame := door.read()) is not None]
-            if batch or attempt or all(d.finished for d in self.doors):
-                return batch
-            # Cameras set this at each frame; a frame that came between the read above and
-            # this wait left it set, so the wait returns at once and the read below takes it.
-            self._frame_ready.wait(timeout)
-            self._frame_ready.clear()
-        return []
+    def _doors_turning(self) -> bool:
+        now = time.monotonic()
+        return all(d.thread is not None and d.thread.is_alive() and now - d.heartbeat < DOOR_HUNG_S
+                   for d in self.doors if not d.finished and not d.stopping.is_set())
 
-    def _process_batch(self, batch: list[tuple[Door, Frame]]) -> None:
-        for door, _ in batch:
+    def _start_thread(self, door: Door) -> None:
+        door.heartbeat = time.monotonic()
+        door.thread = threading.Thread(target=self._door_loop, args=(door,), name=f"door-{door.name}", daemon=True)
+        door.thread.start()
+
+    def _door_loop(self, door: Door) -> None:
+        """One door's frames: read the newest, analyse it (the model run shared with other doors), decide, act."""
+        while not (self._stop.is_set() or self._enough.is_set() or door.stopping.is_set()):
+            door.heartbeat, t0 = time.monotonic(), time.perf_counter()
+            frame = door.next_frame(timeout=0.5)
+            if frame is None:
+                if door.finished:
+                    self._wake.set()  # the last door's file ending ends the run
+                    return
+                continue
+            self.metrics.stage_seconds.labels("capture").observe(time.perf_counter() - t0)
+            with door.busy:
+                if door.stopping.is_set() or not self._count_frame(door):
+                    return
+                # Read once per frame: a swap by the house loop applies from the next frame on.
+                pipeline, gallery = self.pipeline, self.gallery
+                try:
+                    analysis: FrameAnalysis | None = pipeline.analyse_at(door.name, frame.image, gallery)
+                except Exception:  # fail closed: a broken frame is never a grant
+                    log.exception("door %s frame %d: analysis failed; no decision for this frame",
+                                  door.name, frame.index)
+                    analysis = None
+                self._process(door, frame, analysis)
+
+    def _count_frame(self, door: Door) -> bool:
+        """Count a frame about to be judged; False once `max_frames` frames have been (the run ends)."""
+        with self._stats_lock:
+            if self._max_frames and self.stats.frames >= self._max_frames:
+                self._enough.set()
+                self._wake.set()
+                return False
             self.stats.frames += 1
-            door.stats.frames += 1
-            self.metrics.frames.labels(door.name).inc()
-        analyses: list[FrameAnalysis | None]
-        try:
-            analyses = list(self.pipeline.analyse_many([f.image for _, f in batch], self.gallery))
-        except Exception:  # fail closed: a broken frame is never a grant
-            if len(batch) == 1:
-                door, frame = batch[0]
-                log.exception("door %s frame %d: analysis failed; no decision for this frame",
-                              door.name, frame.index)
-                analyses = [None]
-            else:  # each frame alone, so one door's bad frame costs only that door its turn
-                analyses = [self._analyse_alone(door, frame) for door, frame in batch]
-        for (door, frame), analysis in zip(batch, analyses, strict=True):
-            self._process(door, frame, analysis)
+        door.stats.frames += 1
+        self.metrics.frames.labels(door.name).inc()
+        return True
 
-    def _analyse_alone(self, door: Door, frame: Frame) -> FrameAnalysis | None:
-        try:
-            return self.pipeline.analyse(frame.image, self.gallery)
-        except Exception:
-            log.exception("door %s frame %d: analysis failed; no decision for this frame", door.name, frame.index)
-            return None
+    def _paused(self) -> contextlib.ExitStack:
+        """Every door between two frames, for as long as the block lasts (a model or gallery swap)."""
+        stack = contextlib.ExitStack()
+        for door in self.doors:
+            stack.enter_context(door.busy)
+        return stack
 
     def _process(self, door: Door, frame: Frame, analysis: FrameAnalysis | None) -> None:
         decider = door.decider
         assert decider is not None
         if analysis is None:
-            self.stats.errors += 1
+            with self._stats_lock:
+                self.stats.errors += 1
             door.stats.errors += 1
             self.metrics.frame_errors.labels(door.name).inc()
             decider.update(frame.index, frame.ts, [])
             return
-        self.stats.faces += len(analysis.faces)
+        with self._stats_lock:
+            self.stats.faces += len(analysis.faces)
         door.stats.faces += len(analysis.faces)
         door.view.publish(frame.image, analysis.results)
         if self.hass is not None:
@@ -409,14 +431,16 @@ class Daemon:
         try:
             record = self.audit.append(decision)
         except AuditError as exc:
-            self.stats.errors += 1
+            with self._stats_lock:
+                self.stats.errors += 1
             door.stats.errors += 1
             self.metrics.audit_errors.inc()
             # Nothing unrecorded may open the door: without an audit record, no grant hook runs.
             log.error("%s; decision %s at door %s not recorded, actions withheld", exc, decision.outcome.value,
                       door.name)
             return
-        self.stats.decisions[decision.outcome.value] += 1
+        with self._stats_lock:
+            self.stats.decisions[decision.outcome.value] += 1
         door.stats.decisions[decision.outcome.value] += 1
         self.metrics.decisions.labels(door.name, decision.outcome.value, decision.person or "").inc()
         if decision.outcome is Outcome.SPOOF_SUSPECTED:
@@ -472,12 +496,15 @@ class Daemon:
         return Parts(self.config, self.pipeline, self.gallery, self.audit, {d.name: d.actions for d in self.doors},
                      self.mqtt)
 
-    def _swap_doors(self, config: Config, actions: dict[str, Actions]) -> None:
-        """The doors of a reloaded config: a door whose camera is unchanged keeps it (and its view and
-        counts), with new settings and actions; a changed camera is reopened; a removed door is closed.
-        A lockout and cooldowns carry over either way."""
+    def _swap_doors(self, config: Config, actions: dict[str, Actions]) -> list[tuple[Door, Door | None]]:
+        """The doors of a reloaded config, with every door paused between frames.
+
+        A door whose camera is unchanged keeps it (and its thread, view and counts), with new settings
+        and actions. A door whose camera changed, or that is new, is made afresh; a removed one is told
+        to stop. Returns (made, replaced) pairs for `_start_doors`, called once the doors run again.
+        """
         old = {d.name: d for d in self.doors}
-        self.doors = []
+        self.doors, made = [], []
         for dc in config.door_list():
             door = old.pop(dc.name, None)
             if door is not None and door.config.source == dc.source:
@@ -488,20 +515,32 @@ class Daemon:
             fresh.face_unlock = self._saved_unlock().get(dc.name, True)
             if door is not None:
                 log.info("door %s: its camera changed; opening %s", dc.name, dc.source.uri)
-                door.close(wait=False)
+                door.stopping.set()
                 fresh.view, fresh.stats, fresh.face_unlock = door.view, door.stats, door.face_unlock
             self.doors.append(fresh)
-            try:
-                self._open(fresh, self._stop)
-            except (OSError, ConfigError) as exc:  # its video file is missing: that door ends, others go on
-                log.error("door %s: %s", dc.name, exc)
-                fresh.finished = True
-                continue
-            if door is not None and door.decider is not None and fresh.decider is not None:
-                fresh.decider.carry_over(door.decider)
+            made.append((fresh, door))
         for gone in old.values():
             log.info("door %s removed by the reload; closing it", gone.name)
-            gone.close(wait=False)
+            gone.stopping.set()
+            made.append((gone, gone))  # closed by _start_doors, after its thread ends
+        return made
+
+    def _start_doors(self, made: list[tuple[Door, Door | None]]) -> None:
+        """Close the doors a reload replaced or removed (their threads end first), open and start the new."""
+        for door, replaced in made:
+            if replaced is not None:
+                replaced.close(wait=False)
+            if door is replaced:
+                continue  # removed
+            try:
+                self._open(door, self._stop)
+            except (OSError, ConfigError) as exc:  # its video file is missing: that door ends, others go on
+                log.error("door %s: %s", door.name, exc)
+                door.finished = True
+                continue
+            if replaced is not None and replaced.decider is not None and door.decider is not None:
+                door.decider.carry_over(replaced.decider)
+            self._start_thread(door)
         self._gallery_metrics()
 
     def _start_reload(self) -> None:
@@ -542,9 +581,9 @@ class Daemon:
             self._revoked.append((self._revoke_seq, r.paths))
             self.gallery = self.gallery.without(r.paths)
             self._gallery_metrics()
-            for door in self.doors:
-                if door.decider is not None:
-                    door.decider.reset()
+            with self._paused():  # a frame judged with the photos still in has been decided by now
+                for door in self.doors:
+                    door.reset.set()
             r.applied.set()
             log.info("revoked %d photo(s) before the next frame", len(r.paths))
 
@@ -585,11 +624,15 @@ class Daemon:
                     log.error("reload refused; keeping the previous configuration", exc_info=done.error)
                     continue
                 new: Parts = done.result
-                retire(self._parts(), new)
-                self.config, self.pipeline = new.config, new.pipeline
-                self.gallery = self._still_revoked(new.gallery, self._reload_seq)
-                self.audit, self.mqtt = new.audit, new.mqtt
-                self._swap_doors(new.config, new.actions)
+                # No door is halfway through a frame while its model, gallery, audit log and hooks change.
+                with self._paused():
+                    retire(self._parts(), new)
+                    new.pipeline.retune(new.config)
+                    self.config, self.pipeline = new.config, new.pipeline
+                    self.gallery = self._still_revoked(new.gallery, self._reload_seq)
+                    self.audit, self.mqtt = new.audit, new.mqtt
+                    made = self._swap_doors(new.config, new.actions)
+                self._start_doors(made)
                 self._start_hass()  # the doors may have changed: announced again, removed ones cleared
                 if new.config.gallery.dir != self.watcher.root:
                     self.watcher.close()

@@ -25,6 +25,9 @@ class Notifier:
         self._sock: socket.socket | None = None
         if self._address:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            # Never wait on systemd: with its queue full (10 datagrams by default) a blocking send
+            # once hung the daemon's stop. A message that cannot go now is dropped, with a warning.
+            self._sock.setblocking(False)
         usec = env.get("WATCHDOG_USEC", "")
         self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 else 0.0
         self._next_ping = 0.0

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
 
 import numpy as np
 
 from accessd.align import crop_face, largest
+from accessd.batcher import Batcher, Run, model_run
 from accessd.config import Config
 from accessd.decide import Thresholds, score_faces
 from accessd.detector import FaceDetector
@@ -29,7 +26,6 @@ from accessd.types import Face, FaceResult, Floats, Image
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 MESH_PRESENCE = 0.5  # below this the mesh doubts it sees a face: its eye points are not used
 
 
@@ -50,24 +46,17 @@ class Pipeline:
         self.detector = FaceDetector(
             model_path(config.detector.models_dir, config.detector.model), config.detector.min_confidence
         )
-        c = self.model.contract
-        d = config.decision
-        self.thresholds = Thresholds(
-            detection=d.detection_threshold if d.detection_threshold is not None else c.detection_threshold,
-            verification=d.verification_threshold,
-            margin=d.margin,
-            score_margin=d.score_margin,
-            template=d.template_threshold,
-        )
+        self.thresholds = self._thresholds(config)
         # MediaPipe graphs are not documented as safe for concurrent calls, and galleries
         # are rebuilt on a worker thread while frames are analysed: one detector each.
         self._enrol_detector: FaceDetector | None = None
         self._side_detector: FaceDetector | None = None  # the console's verify, one call at a time
-        # Several doors: the frames of one turn are detected (and their verified faces checked for
-        # liveness) side by side, one detector per frame slot; MediaPipe's detector keeps to one
-        # core (21 ms a 640x480 frame here, 12 ms with two side by side on two cores).
-        self._slot_detectors: list[FaceDetector] = []
-        self._pool: ThreadPoolExecutor | None = None
+        # Doors run on threads of their own (accessd/daemon.py): a detector each (MediaPipe's keeps to
+        # one core: 21 ms a 640x480 frame here alone, 12 ms each with two side by side on two cores),
+        # and one model run for the faces of all doors at a time (the batcher).
+        self._door_detectors: dict[str, FaceDetector] = {}
+        self._door_lock = threading.Lock()
+        self._batcher: Batcher | None = None
         self._side_lock = threading.Lock()
         live = config.liveness
         # One thread: a 192 px crop gains nothing from more, and a second spinning thread pool
@@ -77,6 +66,21 @@ class Pipeline:
             config.state_dir,
             cache_key(self.model.sha256, self.detector.model_path.name, config.detector.min_confidence),
         )
+
+    def _thresholds(self, config: Config) -> Thresholds:
+        d, c = config.decision, self.model.contract
+        return Thresholds(
+            detection=d.detection_threshold if d.detection_threshold is not None else c.detection_threshold,
+            verification=d.verification_threshold,
+            margin=d.margin,
+            score_margin=d.score_margin,
+            template=d.template_threshold,
+        )
+
+    def retune(self, config: Config) -> None:
+        """Take a reloaded config's thresholds (and its other keys) when the model and detector stay:
+        the pipeline is reused, and its thresholds were once left as they were at start-up."""
+        self.config, self.thresholds = config, self._thresholds(config)
 
     def crop(self, image: Image, face: Face) -> FaceCrops:
         """The face cut out for each of the model's towers."""
@@ -104,64 +108,49 @@ class Pipeline:
         faces = [f for f in found if min(f.width, f.height) >= cfg.min_face_px]
         return sorted(faces, key=lambda f: f.area, reverse=True)[: cfg.max_faces]
 
-    def _side_by_side(self, fn: Callable[..., T], *columns: list[Any]) -> list[T]:
-        """`fn` over the rows of `columns`, on the pool when there is more than one row."""
-        if len(columns[0]) <= 1:
-            return [fn(*row) for row in zip(*columns, strict=True)]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="frame")
-        return list(self._pool.map(fn, *columns))
-
-    def _detect(self, detector: FaceDetector, image: Image) -> FrameAnalysis:
-        t0 = time.perf_counter()
-        faces = self.find_faces(image, detector)
-        seconds = {"detect": time.perf_counter() - t0}
-        return FrameAnalysis(faces, [self.crop(image, f) for f in faces], [], seconds)
-
     def analyse(self, image: Image, gallery: Gallery, with_templates: bool | None = None) -> FrameAnalysis:
         """Faces, crops and results for one frame; template scores when the template check is on
-        (or `with_templates`: door_eval sweeps the check's threshold)."""
-        return self.analyse_many([image], gallery, with_templates)[0]
+        (or `with_templates`: door_eval sweeps the check's threshold). One caller at a time."""
 
-    def analyse_many(self, images: list[Image], gallery: Gallery,
-                     with_templates: bool | None = None) -> list[FrameAnalysis]:
-        """`analyse` for the latest frame of several doors: the faces of all of them go through the
-        model in one run (one ONNX Runtime call instead of one per door). `seconds["embed"]` is
-        that shared run's, in every frame that had a face."""
-        while len(self._slot_detectors) < len(images) - 1:
-            self._slot_detectors.append(FaceDetector(self.detector.model_path, self.config.detector.min_confidence))
-        detectors = [self.detector, *self._slot_detectors][: len(images)]
-        analyses = self._side_by_side(self._detect, detectors, images)
-        crops = [c for a in analyses for c in a.crops]
-        if not crops:
-            return analyses
-        # Every face of every frame in one run, scored against every photo and, when the
-        # template check is on, every person's template.
+        def score(crops: list[FaceCrops], targets: Floats) -> Floats:
+            return self.model.embed_and_score(stack(crops), targets)[1]
+
+        return self._analyse(image, gallery, self.detector, score, with_templates)
+
+    def analyse_at(self, door: str, image: Image, gallery: Gallery) -> FrameAnalysis:
+        """`analyse` on a door's own thread: its own detector, and its faces scored in a model run
+        shared with the other doors that have faces at the same moment (accessd/batcher.py)."""
+        with self._door_lock:
+            if self._batcher is None:
+                self._batcher = Batcher(model_run(self.model.embed_and_score))
+            detector = self._door_detectors.get(door)
+            if detector is None:
+                detector = self._door_detectors[door] = FaceDetector(self.detector.model_path,
+                                                                     self.config.detector.min_confidence)
+        return self._analyse(image, gallery, detector, self._batcher.score, None)
+
+    def _analyse(self, image: Image, gallery: Gallery, detector: FaceDetector, score: Run,
+                 with_templates: bool | None) -> FrameAnalysis:
+        t0 = time.perf_counter()
+        faces = self.find_faces(image, detector)
         t1 = time.perf_counter()
+        if not faces:
+            return FrameAnalysis([], [], [], {"detect": t1 - t0})
+        crops = [self.crop(image, f) for f in faces]
+        # All faces of the frame in one run, scored against every photo and, when the
+        # template check is on, every person's template.
         m = len(gallery)
         if with_templates is None:
             with_templates = self.thresholds.template is not None
-        targets = gallery.photos_and_templates if with_templates else gallery.embeddings
-        _, both = self.model.embed_and_score(stack(crops), targets)
-        embed_s = time.perf_counter() - t1
-        row = 0
-        for a in analyses:
-            mine = both[row:row + len(a.faces)]
-            row += len(a.faces)
-            if a.faces:
-                a.scores, a.template_scores = mine[:, :m], (mine[:, m:] if with_templates else None)
-                a.results = score_faces(a.faces, a.scores, gallery, self.thresholds, a.template_scores)
-                a.seconds["embed"] = embed_s
-        verified = [(image, a) for image, a in zip(images, analyses, strict=True)
-                    if any(r.candidate is not None for r in a.results)]
-        if verified and (self.mesh is not None or self.config.liveness.instrument):
-            self._side_by_side(self._liveness, [i for i, _ in verified], [a for _, a in verified])
-        return analyses
-
-    def _liveness(self, image: Image, analysis: FrameAnalysis) -> None:
-        t0 = time.perf_counter()
-        analysis.results = self.liveness_signals(image, analysis.results)
-        analysis.seconds["liveness"] = time.perf_counter() - t0
+        both = score(crops, gallery.photos_and_templates if with_templates else gallery.embeddings)
+        scores, templates = both[:, :m], (both[:, m:] if with_templates else None)
+        results = score_faces(faces, scores, gallery, self.thresholds, templates)
+        t2 = time.perf_counter()
+        seconds = {"detect": t1 - t0, "embed": t2 - t1}
+        if any(r.candidate is not None for r in results) and (self.mesh is not None or self.config.liveness.instrument):
+            results = self.liveness_signals(image, results)
+            seconds["liveness"] = time.perf_counter() - t2
+        return FrameAnalysis(faces, crops, results, seconds, scores, templates)
 
     def liveness_signals(self, image: Image, results: list[FaceResult]) -> list[FaceResult]:
         """Verified faces with their eye aspect ratio (the face mesh) and the instrument check's finding.
@@ -224,10 +213,11 @@ class Pipeline:
         return self.model.score_pair(crops[0], crops[1])
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-        for detector in self._slot_detectors:
-            detector.close()
+        with self._door_lock:
+            if self._batcher is not None:
+                self._batcher.close()
+            for detector in self._door_detectors.values():
+                detector.close()
         self.detector.close()
         if self._enrol_detector is not None:
             self._enrol_detector.close()

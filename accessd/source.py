@@ -119,10 +119,8 @@ class VideoFileSource:
 class LiveSource:
     """A camera (index or /dev path) or stream URL read on its own thread."""
 
-    def __init__(self, uri: str, config: SourceConfig, stop: threading.Event,
-                 ready: threading.Event | None = None) -> None:
+    def __init__(self, uri: str, config: SourceConfig, stop: threading.Event) -> None:
         self.name = display_name(uri)
-        self._ready = ready  # set at each new frame: a loop serving several doors waits on one event
         self._url = stream_url(uri, config)  # never logged: it may hold the password
         self.finished = False  # a live source never finishes; it reconnects
         self.config = config
@@ -173,8 +171,6 @@ class LiveSource:
                         self.dropped += 1
                     self._slot = frame
                     self._cond.notify()
-                if self._ready is not None:
-                    self._ready.set()
             self.connected = False
             cap.release()
 
@@ -198,8 +194,7 @@ class LiveSource:
         self._thread.join(timeout=5.0)
 
 
-def open_source(uri: str, config: SourceConfig, stop: threading.Event,
-                ready: threading.Event | None = None) -> FrameSource:
+def open_source(uri: str, config: SourceConfig, stop: threading.Event) -> FrameSource:
     if is_file_source(uri):
         return VideoFileSource(Path(uri), config)
-    return LiveSource(uri, config, stop, ready)
+    return LiveSource(uri, config, stop)

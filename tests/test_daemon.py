@@ -287,17 +287,17 @@ def test_errors_on_frames_fail_closed_and_the_loop_goes_on(tmp_path: Path, train
     write_video(video, [photos(PERSON)[20:26]], 5)
     hooks = tmp_path / "hooks.txt"
     daemon = _in_process_daemon(tmp_path, trained_model, hooks, audit={"path": str(tmp_path / "a.jsonl")})
-    real = daemon.pipeline.analyse_many  # type: ignore[attr-defined]
+    real = daemon.pipeline.analyse_at  # type: ignore[attr-defined]
     failed: list[int] = []
 
-    def flaky(images: list[np.ndarray], gallery: object) -> object:
+    def flaky(door: str, image: np.ndarray, gallery: object) -> object:
         n = len(failed) + 1
-        if n <= 20:  # the model blows up on the first 20 frames (one door: one frame per call)
+        if n <= 20:  # the model blows up on the first 20 frames
             failed.append(n)
             raise RuntimeError("injected model failure")
-        return real(images, gallery)
+        return real(door, image, gallery)
 
-    daemon.pipeline.analyse_many = flaky  # type: ignore[attr-defined]
+    daemon.pipeline.analyse_at = flaky  # type: ignore[attr-defined]
     daemon.source_uri = str(video)  # type: ignore[attr-defined]
     assert daemon.run(threading.Event()) == 0  # type: ignore[attr-defined]
     assert daemon.stats.frames == 30 and daemon.stats.errors == 20  # type: ignore[attr-defined]

@@ -10,8 +10,10 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import cv2
+import pytest
 
 from tests.conftest import REPO, SHARED
 from tests.test_daemon import PERSON, STRANGER, audit, enrol, photos, write_config, write_video
@@ -128,3 +130,43 @@ def test_doors_share_one_model_each_decides_and_acts_alone(tmp_path: Path, train
     assert f"source {late_camera}: connected after outage" in err
     back = next(line for line in lines if "door back:" in line and "frames" in line)
     assert int(back.split("door back:")[1].split()[0]) > 0, back
+
+
+def test_a_door_stuck_in_a_frame_stops_the_watchdog(tmp_path: Path, trained_model: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """systemd restarts a daemon whose door hangs mid-frame: the house loop stops pinging."""
+    import accessd.daemon
+    from tests.test_daemon import _in_process_daemon
+
+    monkeypatch.setattr(accessd.daemon, "DOOR_HUNG_S", 1.0)
+    video = tmp_path / "v.avi"
+    write_video(video, [photos(PERSON)[20:26]], 20)
+    daemon: Any = _in_process_daemon(tmp_path, trained_model, tmp_path / "hooks.txt")
+    daemon.source_uri = str(video)
+    release = threading.Event()
+    real = daemon.pipeline.analyse_at
+
+    def stuck(door: str, image: Any, gallery: Any) -> Any:
+        release.wait(30)  # a native call that never returns
+        return real(door, image, gallery)
+
+    daemon.pipeline.analyse_at = stuck
+    stop = threading.Event()
+    runner = threading.Thread(target=daemon.run, args=(stop,))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 30
+        while daemon.doors[0].thread is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert daemon._doors_turning()  # stuck for less than DOOR_HUNG_S: still fine
+        time.sleep(1.5)
+        assert not daemon._doors_turning()  # stuck past it: no more watchdog pings
+        release.set()
+        time.sleep(0.5)
+        assert daemon._doors_turning()
+    finally:
+        release.set()
+        stop.set()
+        runner.join(timeout=30)
+    assert not runner.is_alive()

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,6 +81,16 @@ def wait_for(path: Path, text: str, timeout: float = 60) -> str:
 def test_live_daemon_ready_watchdog_reload_and_stop(tmp_path: Path, tiny_model: Path,
                                                     notify_socket: tuple[socket.socket, str]) -> None:
     sock, path = notify_socket
+    # Read as systemd does, as they come: the socket queues only 10 datagrams.
+    received: list[str] = []
+    reading = threading.Event()
+
+    def read() -> None:
+        while not reading.is_set():
+            received.extend(drain(sock))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     camera = MjpegCamera(frames_per_connection=100_000, fps=15)
     gallery = tmp_path / "g"
     enrol(gallery, PERSON, photos(PERSON)[:2])
@@ -110,7 +121,9 @@ def test_live_daemon_ready_watchdog_reload_and_stop(tmp_path: Path, tiny_model: 
     finally:
         proc.kill()
         camera.close()
-    messages = drain(sock)
+    reading.set()
+    reader.join(timeout=5)
+    messages = received + drain(sock)
     assert messages[0].startswith("READY=1\nSTATUS=") and "gallery 2 photos of 1 people" in messages[0]
     assert "WATCHDOG=1" in messages and "RELOADING=1" in messages
     assert any(m.startswith("STATUS=") and "frames/s" in m for m in messages[1:])

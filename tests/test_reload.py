@@ -35,6 +35,8 @@ def test_threshold_change_reuses_pipeline_and_audit_log(config: Config) -> None:
     new_config = dataclasses.replace(config, decision=dataclasses.replace(config.decision, margin=0.3))
     new = rebuild(old, new_config)
     assert new.pipeline is old.pipeline and new.audit is old.audit and new.actions["door"] is not old.actions["door"]
+    new.pipeline.retune(new_config)  # what the daemon does when it swaps the parts in
+    assert new.pipeline.thresholds.margin == 0.3  # the reused pipeline judges with the new thresholds
     assert new.gallery.counts() == {PERSON: 3}
     retire(old, new)
     # The shared audit log is still open after the old parts retired.
