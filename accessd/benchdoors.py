@@ -34,41 +34,30 @@ from accessd.config import Config, DoorConfig
 from accessd.gallery import Gallery, Photo
 from accessd.imageio import read_image
 from accessd.pipeline import Pipeline
+from accessd.source import NewestFrameSource
 from accessd.types import Frame, Image
 
 WARMUP_S = 3.0
 
 
-class PacedCamera:
+class PacedCamera(NewestFrameSource):
     """A camera that produces `fps` frames a second whether or not anyone reads them."""
 
     def __init__(self, name: str, image: Image, fps: float, stop: threading.Event) -> None:
+        super().__init__()
         self.name, self.finished, self.connected = name, False, True
-        self.produced = self.dropped = 0
+        self.produced = 0
         self._image, self._period, self._stop = image, 1.0 / fps, stop
-        self._cond = threading.Condition()
-        self._slot: Frame | None = None
         self._thread = threading.Thread(target=self._run, name=f"camera-{name}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         next_at = time.monotonic()
         while not self._stop.is_set():
-            with self._cond:
-                if self._slot is not None:
-                    self.dropped += 1
-                self._slot = Frame(self._image, self.produced, time.monotonic())
-                self.produced += 1
-                self._cond.notify()
+            self._put(Frame(self._image, self.produced, time.monotonic()))
+            self.produced += 1
             next_at += self._period
             self._stop.wait(max(0.0, next_at - time.monotonic()))
-
-    def read(self, timeout: float) -> Frame | None:
-        with self._cond:
-            if self._slot is None:
-                self._cond.wait(timeout)
-            frame, self._slot = self._slot, None
-            return frame
 
     def close(self) -> None:
         self._thread.join(timeout=2.0)

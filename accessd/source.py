@@ -116,21 +116,44 @@ class VideoFileSource:
         self._cap.release()
 
 
-class LiveSource:
+class NewestFrameSource:
+    """A source filled by a capture thread of its own, through a one-slot buffer: a new frame replaces
+    one nobody took (counted in `dropped`), so a slow reader always gets the newest and never falls
+    behind. Subclasses' threads call `_put`."""
+
+    def __init__(self) -> None:
+        self.dropped = 0
+        self._cond = threading.Condition()
+        self._slot: Frame | None = None
+
+    def _put(self, frame: Frame) -> None:
+        with self._cond:
+            if self._slot is not None:
+                self.dropped += 1
+            self._slot = frame
+            self._cond.notify()
+
+    def read(self, timeout: float) -> Frame | None:
+        with self._cond:
+            if self._slot is None:
+                self._cond.wait(timeout)
+            frame, self._slot = self._slot, None
+            return frame
+
+
+class LiveSource(NewestFrameSource):
     """A camera (index or /dev path) or stream URL read on its own thread."""
 
     def __init__(self, uri: str, config: SourceConfig, stop: threading.Event) -> None:
+        super().__init__()
         self.name = display_name(uri)
         self._url = stream_url(uri, config)  # never logged: it may hold the password
         self.finished = False  # a live source never finishes; it reconnects
         self.config = config
         self.connected = False
-        self.dropped = 0
         self.reconnects = 0
         self._stop = stop
         self._closed = threading.Event()
-        self._cond = threading.Condition()
-        self._slot: Frame | None = None
         self._index = 0
         # OpenCV logs a multi-line warning stack on every failed open; a camera that
         # is down would flood the journal. Our own line per outage says it once.
@@ -166,11 +189,7 @@ class LiveSource:
                     break
                 frame = Frame(to_rgb(image, self.name), self._index, time.monotonic())
                 self._index += 1
-                with self._cond:
-                    if self._slot is not None:
-                        self.dropped += 1
-                    self._slot = frame
-                    self._cond.notify()
+                self._put(frame)
             self.connected = False
             cap.release()
 
@@ -181,13 +200,6 @@ class LiveSource:
         end = time.monotonic() + seconds
         while not self._should_stop() and time.monotonic() < end:
             self._closed.wait(min(0.1, end - time.monotonic()))
-
-    def read(self, timeout: float) -> Frame | None:
-        with self._cond:
-            if self._slot is None:
-                self._cond.wait(timeout)
-            frame, self._slot = self._slot, None
-            return frame
 
     def close(self) -> None:
         self._closed.set()
