@@ -3,8 +3,9 @@
 Messages go to the AF_UNIX datagram socket named by $NOTIFY_SOCKET (a leading
 '@' means the abstract namespace). Without that variable (not under systemd,
 or Type=simple) every call is a no-op. The watchdog interval comes from
-$WATCHDOG_USEC; `watchdog()` pings at half of it and must only be called from
-the live frame loop, so a hung loop stops the pings and systemd restarts it.
+$WATCHDOG_USEC; `watchdog()` pings at half of it and must only be called while
+the doors are known to be turning (the daemon checks each door's thread), so a
+hung door stops the pings and systemd restarts the daemon.
 """
 
 from __future__ import annotations
