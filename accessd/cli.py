@@ -181,7 +181,7 @@ def _dispatch(config: Config, args: argparse.Namespace) -> int:
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:
-    from accessd.daemon import Daemon, install_signal_handlers
+    from accessd.daemon import Daemon, install_signal_handlers, limit_malloc_arenas
     from accessd.detector import DetectorError
     from accessd.gallery import LoadCancelled
     from accessd.landmarks import MeshError
@@ -196,6 +196,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
             config = dataclasses.replace(config, audit=dataclasses.replace(config.audit, path=args.audit_log))
         return config
 
+    limit_malloc_arenas()
     stop, reload = threading.Event(), threading.Event()
     install_signal_handlers(stop, reload)
     notifier = Notifier()

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from accessd.config import parse_config
-from accessd.daemon import Daemon
+from accessd.daemon import Daemon, limit_malloc_arenas
 from accessd.source import VideoFileSource
 
 
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0,
                    help="model.threads (ONNX Runtime intra-op threads; 0: its choice)")
     args = p.parse_args(argv)
+    limit_malloc_arenas()  # as `accessd run` does
     with tempfile.TemporaryDirectory() as tmp:
         gallery = Path(tmp) / "gallery" / "speaker"
         gallery.mkdir(parents=True)
