@@ -46,6 +46,7 @@ from accessd.pipeline import FrameAnalysis, Pipeline
 from accessd.reload import Parts, door_actions, rebuild, retire
 from accessd.reload import close as close_parts
 from accessd.source import FrameSource
+from accessd.statefile import write_json
 from accessd.types import Decision, Frame, Image, Outcome
 from accessd.watch import GalleryWatcher
 from accessd.webconsole import start_console
@@ -212,17 +213,17 @@ class Daemon:
             return {}
 
     def _save_unlock(self) -> None:
-        tmp = self._unlock_file.with_suffix(".tmp")
         try:
-            self._unlock_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({d.name: d.face_unlock for d in self.doors}))
-            os.replace(tmp, self._unlock_file)
+            write_json(self._unlock_file, {d.name: d.face_unlock for d in self.doors})
         except OSError as exc:
             log.error("face unlock states not saved to %s: %s", self._unlock_file, exc.strerror or exc)
 
+    def _door(self, name: str) -> Door | None:
+        return next((d for d in self.doors if d.name == name), None)
+
     def set_face_unlock(self, door_name: str, on: bool, by: str) -> bool:
         """Switch face unlock at a door (frame loop only); audited first. False for an unknown door."""
-        door = next((d for d in self.doors if d.name == door_name), None)
+        door = self._door(door_name)
         if door is None:
             log.warning("face unlock: no door named %r", door_name)
             return False
@@ -241,7 +242,7 @@ class Daemon:
 
     def open_now(self, door_name: str, by: str) -> bool:
         """Run a door's grant hooks without a face (frame loop only); audited first, with who asked."""
-        door = next((d for d in self.doors if d.name == door_name), None)
+        door = self._door(door_name)
         if door is None:
             log.warning("open now: no door named %r", door_name)
             return False

@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Any, Literal
 
 from accessd.config import MqttConfig
 from accessd.mqtt import MqttPublisher
+from accessd.statefile import write_json
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +155,7 @@ class HomeAssistant:
 
     def _remember(self, doors: set[str]) -> None:
         try:
-            self._announced_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._announced_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(sorted(doors)))
-            os.replace(tmp, self._announced_file)
+            write_json(self._announced_file, sorted(doors))
         except OSError as exc:
             log.error("cannot remember the doors announced to Home Assistant in %s: %s", self._announced_file,
                       exc.strerror or exc)
