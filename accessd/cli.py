@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import queue
 import sys
 import threading
 from pathlib import Path
@@ -198,11 +199,13 @@ def _run(config: Config, args: argparse.Namespace) -> int:
 
     limit_malloc_arenas()
     stop, reload = threading.Event(), threading.Event()
-    install_signal_handlers(stop, reload)
+    # SIGUSR1/SIGUSR2 switch face unlock; one sent while the gallery loads is applied once it has.
+    unlock: queue.SimpleQueue[tuple[bool, str]] = queue.SimpleQueue()
+    install_signal_handlers(stop, reload, lambda on, by: unlock.put((on, by)))
     notifier = Notifier()
     try:
         daemon = Daemon(with_overrides(config), args.source, lambda: with_overrides(_load(args.config)),
-                        notifier, reload, stop)
+                        notifier, reload, stop, unlock_requests=unlock)
     except LoadCancelled:
         log.info("stopped while loading the gallery")
         notifier.close()

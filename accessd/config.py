@@ -254,6 +254,30 @@ class MqttConfig:
     door_topic: str = "accessd/{door}"
 
 
+@dataclass(frozen=True)
+class HolidayConfig:
+    date: str = ""  # YYYY-MM-DD, in the door's time zone
+    # The door's hours that day ("09:00-12:00"); empty: closed to faces all day.
+    hours: tuple[str, ...] = ()
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Who may enter when, for everyone at a door (accessd/rules.py); people's own rules are in
+    verification_images/<person>/person.yaml. Windows are '<days> HH:MM-HH:MM' in `timezone`."""
+
+    timezone: str = ""  # an IANA name (Europe/Berlin); empty: this machine's zone
+    hours: tuple[str, ...] = ("daily 00:00-24:00",)  # when a face may open the door; [] never
+    holidays: tuple[HolidayConfig, ...] = ()  # dated exceptions to `hours`
+    # When every face needs a code as well (a PIN or card from a keypad, accessd/secondfactor.py),
+    # e.g. [daily 22:00-24:00, daily 00:00-06:00]; [] only people whose rules ask for one.
+    second_factor_hours: tuple[str, ...] = ()
+    second_factor_window_s: float = _in(30.0, 1.0, 600.0)  # the code within this long of the face
+    code_attempts: int = _in(3, 1, 20)  # wrong codes within code_lockout_s before codes are refused ...
+    code_lockout_s: float = _in(300.0, 1.0, 86400.0)  # ... for this long
+
+
 DEFAULT_DOOR = "door"  # the name of the one door of a config without `doors:`
 DOOR_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # goes into MQTT topics, metric labels, Home Assistant ids
 # The `decision` keys a door may set for itself: its own state (confirmation, cooldown, lockout).
@@ -274,6 +298,7 @@ class DoorConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     actions: ActionsConfig = field(default_factory=ActionsConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
 
 
 @dataclass(frozen=True)
@@ -288,6 +313,7 @@ class Config:
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     liveness: LivenessConfig = field(default_factory=LivenessConfig)
     actions: ActionsConfig = field(default_factory=ActionsConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)  # each door's, unless the door sets its own keys
     audit: AuditConfig = field(default_factory=AuditConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
@@ -297,7 +323,7 @@ class Config:
 
     def door_list(self) -> tuple[DoorConfig, ...]:
         """The doors to run: `doors`, or the one door of a config without it."""
-        return self.doors or (DoorConfig(DEFAULT_DOOR, self.source, self.actions, self.decision),)
+        return self.doors or (DoorConfig(DEFAULT_DOOR, self.source, self.actions, self.decision, self.policy),)
 
 
 def _convert(tp: Any, value: Any, key: str, problems: list[str], base: Path) -> Any:
@@ -398,6 +424,8 @@ def _check_ranges(obj: Any, prefix: str, problems: list[str]) -> None:
                             f"(rtsp://user@host/...; got {obj.uri!r})")
     if isinstance(obj, MqttConfig):
         _check_mqtt(obj, key, problems)
+    if isinstance(obj, PolicyConfig):
+        _check_policy(obj, key, problems)
     if isinstance(obj, WebConfig) and obj.trusted_proxy is not None:
         try:
             ipaddress.ip_address(str(obj.trusted_proxy))
@@ -430,6 +458,27 @@ def _check_mqtt(obj: MqttConfig, key: Callable[[str], str], problems: list[str])
         problems.append(f"{key('ca_file')}: needs {key('tls')}: true")
 
 
+def _check_policy(obj: PolicyConfig, key: Callable[[str], str], problems: list[str]) -> None:
+    from accessd.rules import RulesError, parse_zone, policy_from_config
+
+    if isinstance(obj.timezone, str):
+        try:
+            parse_zone(obj.timezone, key("timezone"))
+        except RulesError as exc:
+            problems.append(str(exc))
+            obj = dataclasses.replace(obj, timezone="UTC")  # and the other keys are still checked
+    # One part at a time, each with the others left empty, so every bad part is named.
+    for part in (dataclasses.replace(obj, holidays=(), second_factor_hours=()),
+                 dataclasses.replace(obj, hours=(), second_factor_hours=()),
+                 dataclasses.replace(obj, hours=(), holidays=())):
+        try:
+            policy_from_config(part, key(""))
+        except RulesError as exc:
+            problems.append(str(exc))
+        except (TypeError, AttributeError):
+            pass  # a wrong type, already named by _convert
+
+
 def _door_data(data: Any, problems: list[str]) -> Any:
     """`data` with each door's `decision` laid over the top-level one and `actions` inherited."""
     if not isinstance(data, dict) or "doors" not in data:
@@ -457,6 +506,11 @@ def _door_data(data: Any, problems: list[str]) -> Any:
             door = {**door, "decision": {**top_decision, **own}}
         elif own is None:
             door = {**door, "decision": top_decision}
+        top_policy = data.get("policy")
+        if isinstance(top_policy, dict):
+            own_policy = door.get("policy")
+            door = {**door, "policy": {**top_policy, **own_policy} if isinstance(own_policy, dict) else
+                    own_policy if own_policy is not None else top_policy}
         if "actions" not in door and "actions" in data:
             door = {**door, "actions": data["actions"]}
         merged.append(door)
@@ -485,16 +539,18 @@ def parse_config(data: Any, base: Path, source: str = "config") -> Config:
     return typing.cast(Config, config)
 
 
-class _Loader(yaml.SafeLoader):
+class YamlLoader(yaml.SafeLoader):
     """YAML as people write config: only true/false are booleans (YAML 1.2). YAML 1.1 also reads
-    on/off/yes/no as booleans, which turned a hook's `on: [grant]` into the key True."""
+    on/off/yes/no as booleans, which turned a hook's `on: [grant]` into the key True. Dates stay
+    text (`2026-12-24`): the reader of each key parses its own, and names the key when it cannot."""
 
 
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp")]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                               list("tTfF"))
 
 
@@ -509,7 +565,7 @@ def load_config(path: Path | None) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path} is not UTF-8 text"], str(path)) from exc
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506  # a SafeLoader, with YAML 1.2's booleans
+        data = yaml.load(text, Loader=YamlLoader)  # noqa: S506  # a SafeLoader, with YAML 1.2's booleans
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}".replace("\n", " ")], str(path)) from exc
     if data is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import datetime as dt
 import enum
 import json
 import logging
@@ -38,13 +39,16 @@ from accessd.config import Config, ConfigError
 from accessd.door import Door, Stats
 from accessd.doorview import DoorView
 from accessd.gallery import Gallery, LoadCancelled
-from accessd.hass import BY, Command, HomeAssistant
+from accessd.hass import BY, Command, HomeAssistant, door_topic
 from accessd.metrics import Metrics
 from accessd.mqtt import MqttPublisher, open_mqtt
 from accessd.notify import Notifier
+from accessd.personfile import RuleBook
 from accessd.pipeline import FrameAnalysis, Pipeline
 from accessd.reload import Parts, door_actions, rebuild, retire
 from accessd.reload import close as close_parts
+from accessd.rules import Refusal, judge
+from accessd.secondfactor import Result, Step
 from accessd.source import FrameSource
 from accessd.statefile import write_json
 from accessd.types import Decision, Frame, Image, Outcome
@@ -92,8 +96,10 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return False
 
 
-def install_signal_handlers(stop: threading.Event, reload: threading.Event | None = None) -> None:
-    """SIGTERM/SIGINT set the one stop event; SIGHUP asks the loop to reload config and gallery."""
+def install_signal_handlers(stop: threading.Event, reload: threading.Event | None = None,
+                            face_unlock: Callable[[bool, str], None] | None = None) -> None:
+    """SIGTERM/SIGINT set the one stop event; SIGHUP asks the loop to reload config and gallery;
+    SIGUSR1 turns face unlock off at every door, SIGUSR2 on again (`face_unlock` queues it)."""
 
     def handle(signum: int, _frame: FrameType | None) -> None:
         stop.set()
@@ -109,10 +115,17 @@ def install_signal_handlers(stop: threading.Event, reload: threading.Event | Non
         if reload is not None:
             reload.set()
 
+    def handle_usr(signum: int, _frame: FrameType | None) -> None:
+        if face_unlock is not None:
+            face_unlock(signum == signal.SIGUSR2, f"signal {signal.Signals(signum).name}")
+
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     if reload is not None:
         signal.signal(signal.SIGHUP, handle_hup)
+    if face_unlock is not None:
+        signal.signal(signal.SIGUSR1, handle_usr)
+        signal.signal(signal.SIGUSR2, handle_usr)
 
 
 class Daemon:
@@ -124,8 +137,12 @@ class Daemon:
         notifier: Notifier | None = None,
         reload_requested: threading.Event | None = None,
         stop: threading.Event | None = None,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        unlock_requests: queue.SimpleQueue[tuple[bool, str]] | None = None,
     ) -> None:
         self.config = config
+        # Wall-clock time for access rules and second-factor windows (tests give a fake one).
+        self.clock = clock
         # `accessd run --source` names the camera of a one-door config (kept across reloads).
         self.source_uri = source_uri
         if source_uri and len(config.door_list()) > 1:
@@ -140,6 +157,9 @@ class Daemon:
         # stops it at the next photo (LoadCancelled) instead of waiting for the end.
         self.gallery: Gallery = self.pipeline.load_gallery(cancel=stop)
         self.watcher = GalleryWatcher(config.gallery.dir)
+        # Each person's rules (person.yaml beside their photos), re-read when the watcher fires.
+        self.rules = RuleBook(config.gallery.dir)
+        self.rules.refresh()
         # Gallery rebuilds and reloads run here, beside the frame loop (see background.py).
         self.worker = Worker()
         self._cancel = threading.Event()
@@ -157,6 +177,7 @@ class Daemon:
                     d.face_unlock = on
         self.hass: HomeAssistant | None = None
         self._start_hass()
+        self._listen_for_codes()
         self.stats = Stats()  # all doors together
         self.metrics = Metrics()
         self.metrics.provider.info({"provider": self.pipeline.model.provider})
@@ -173,6 +194,8 @@ class Daemon:
         self._revoked: list[tuple[int, frozenset[Path]]] = []
         self._revoke_seq = 0
         self._reload_seq = 0
+        # Face unlock switched at every door by a signal (SIGUSR1 off, SIGUSR2 on), for the house loop.
+        self._unlock_requests = unlock_requests or queue.SimpleQueue()
         self._gallery_metrics()
 
     @property
@@ -200,6 +223,20 @@ class Daemon:
             self.hass = HomeAssistant(self.mqtt, self.config.mqtt, self.config.state_dir,
                                       snapshots=self.config.audit.snapshots_dir is not None)
         self.hass.set_doors({d.name: d.face_unlock for d in self.doors})
+
+    def _listen_for_codes(self) -> None:
+        """Each door's keypad over MQTT: a code published (not retained) to `<door_topic>/code`."""
+        if self.mqtt is None:
+            return
+        for door in self.doors:
+            topic = f"{door_topic(self.config.mqtt, door.name)}/code"
+            self.mqtt.subscribe(topic, partial(self._on_code_message, door.name))
+
+    def _on_code_message(self, door: str, payload: bytes, retained: bool) -> None:
+        if retained:  # a code left on the broker is nobody standing at the door now
+            log.warning("door %s: ignored a retained code message", door)
+            return
+        self.enter_code(door, payload.decode(errors="replace").strip(), "mqtt keypad")
 
     def _saved_unlock(self) -> dict[str, bool]:
         try:
@@ -257,7 +294,27 @@ class Daemon:
         door.actions.fire(decision, record)
         return True
 
+    def request_face_unlock(self, on: bool, by: str) -> None:
+        """Face unlock on or off at every door, from any thread or a signal handler (SimpleQueue.put is
+        reentrant; an Event is not): applied by the house loop within its turn."""
+        self._unlock_requests.put((on, by))
+
+    def enter_code(self, door_name: str, code: str, by: str) -> bool:
+        """A second-factor code entered at a door (keypad, console); judged on the door's thread. Never logged."""
+        door = self._door(door_name)
+        if door is None:
+            return False
+        door.codes.put((code, by))
+        return True
+
     def _apply_commands(self) -> None:
+        while True:
+            try:
+                on, by = self._unlock_requests.get_nowait()
+            except queue.Empty:
+                break
+            for door in list(self.doors):
+                self.set_face_unlock(door.name, on, by)
         if self.hass is None:
             return
         for command in self.hass.commands():
@@ -367,6 +424,7 @@ class Daemon:
         """One door's frames: read the newest, analyse it (the model run shared with other doors), decide, act."""
         while not (self._stop.is_set() or self._enough.is_set() or door.stopping.is_set()):
             door.heartbeat, t0 = time.monotonic(), time.perf_counter()
+            self._second_factor_turn(door)
             frame = door.next_frame(timeout=0.5)
             if frame is None:
                 if door.finished:
@@ -429,10 +487,6 @@ class Daemon:
         self.metrics.stage_seconds.labels("decide").observe(time.perf_counter() - t0)
         if decision is None:
             return
-        if decision.outcome is Outcome.GRANT and not door.face_unlock:
-            # Verified, but nobody is let in by face here now: refused, and it says who it was.
-            decision = replace(decision, outcome=Outcome.DENY, person=None, reason="face unlock off",
-                               extra={**decision.extra, "closest": decision.person})
         # Snapshot the face the decision is about (the granted person's, else the first),
         # with its surroundings: a reviewer sees more, and it can be enrolled from.
         face = analysis.faces[0] if analysis.faces else None
@@ -444,8 +498,83 @@ class Daemon:
             if target is not None and r.candidate == target:
                 face = f
                 break
-        self._act(door, replace(decision, door=door.name),
-                  context_crop(frame.image, face, scale=4.0) if face is not None else None)
+        crop = context_crop(frame.image, face, scale=4.0) if face is not None else None
+        decision = replace(decision, door=door.name)
+        if decision.outcome is Outcome.GRANT:
+            admitted = self._admit(door, decision, crop)
+            if admitted is None:
+                return  # waiting for a code
+            decision = admitted
+        self._act(door, decision, crop)
+
+    def _admit(self, door: Door, decision: Decision, crop: Image | None) -> Decision | None:
+        """A verified face through the door's policy and the person's rules: the grant, a refusal
+        naming why, or None while a second factor is awaited."""
+        person = decision.person
+        assert person is not None
+        if not door.face_unlock:
+            return refused(decision, Refusal.FACE_UNLOCK_OFF, "")
+        now = self.clock()
+        rules = self.rules.get(person)
+        verdict = judge(rules, door.policy, door.name, now)
+        if verdict.refusal is not None:
+            return refused(decision, verdict.refusal, verdict.detail)
+        if not verdict.second_factor:
+            return replace(decision, extra={**decision.extra, "factor": "face"})
+        result = door.second.face(person, rules.code_hash, now.timestamp(), (decision, crop))
+        made = self._second_factor(door, result, now)
+        return made[0] if made is not None else None
+
+    def _second_factor(self, door: Door, result: Result[tuple[Decision, Image | None]],
+                       now: dt.datetime) -> tuple[Decision, Image | None] | None:
+        """The decision a second-factor step makes, with its face's snapshot (None: still waiting)."""
+        if result.step is Step.WAIT:
+            if result.person is not None:
+                log.info("door %s: %s verified; waiting %.0f s for their code", door.name, result.person,
+                         door.second.window_s)
+            self._update_views()
+            return None
+        if result.payload is not None:
+            decision, crop = result.payload
+        else:  # a code with no face waiting for it (during a lockout)
+            decision = Decision(Outcome.DENY, None, 0.0, 0.0, -1, now.timestamp(),
+                                door.source.name if door.source else "", "", door=door.name)
+            crop = None
+        attempts = door.second.attempts
+        if result.step is Step.GRANT:
+            made = replace(decision, reason="verified; code accepted", extra={**decision.extra, "factor": "face+code"})
+        elif result.step is Step.WRONG:
+            made = refused(decision, Refusal.SECOND_FACTOR_WRONG, f"wrong code ({result.wrong} of {attempts})")
+        elif result.step is Step.LOCKED:
+            made = refused(decision, Refusal.SECOND_FACTOR_LOCKED,
+                           f"{attempts} wrong codes; codes refused for {door.second.lockout_s:.0f} s")
+        elif self.rules.get(result.person or "").code_hash is None:
+            made = refused(decision, Refusal.SECOND_FACTOR_MISSING, f"no code is set for {result.person}")
+        else:
+            made = refused(decision, Refusal.SECOND_FACTOR_MISSING, f"no code within {door.second.window_s:.0f} s")
+        return made, crop
+
+    def _second_factor_turn(self, door: Door) -> None:
+        """On the door's thread, each turn: codes entered since the last, and a face whose window has passed."""
+        if door.codes.empty() and door.second.waiting_for is None:
+            return
+        with door.busy:
+            now = self.clock()
+            results = []
+            while True:
+                try:
+                    code, by = door.codes.get_nowait()
+                except queue.Empty:
+                    break
+                log.info("door %s: a code entered (%s)", door.name, by)
+                results.append(door.second.code(code, now.timestamp()))
+            expired = door.second.expire(now.timestamp())
+            if expired is not None:
+                results.append(expired)
+            for result in results:
+                made = self._second_factor(door, result, now)
+                if made is not None:
+                    self._act(door, *made)
 
     def _act(self, door: Door, decision: Decision, crop: Image | None) -> None:
         snapshot = self.audit.snapshot(decision, crop)
@@ -513,6 +642,7 @@ class Daemon:
                 "model": self.pipeline.model.path.name, "architecture": self.pipeline.model.contract.architecture,
                 "gallery_photos": len(self.gallery), "gallery_people": len(self.gallery.people),
                 "lockout_s_left": round(locked, 1), "face_unlock": door.face_unlock,
+                "awaiting_code": door.second.waiting_for,
             }
 
     def _parts(self) -> Parts:
@@ -622,6 +752,7 @@ class Daemon:
         # would still be using the pipeline that the reload retires. The watcher keeps the
         # change flagged, so a photo added meanwhile is picked up right after the swap.
         if not self._reloading and self.watcher.changed():
+            self.rules.refresh()  # small files: read here, in effect from the next frame
             pipeline, scanned_at = self.pipeline, self._revoke_seq
             self.worker.submit("gallery",
                                lambda: (pipeline, pipeline.load_gallery(cancel=self._cancel), scanned_at))
@@ -657,11 +788,22 @@ class Daemon:
                     made = self._swap_doors(new.config, new.actions)
                 self._start_doors(made)
                 self._start_hass()  # the doors may have changed: announced again, removed ones cleared
+                self._listen_for_codes()
                 if new.config.gallery.dir != self.watcher.root:
                     self.watcher.close()
                     self.watcher = GalleryWatcher(new.config.gallery.dir)
+                    self.rules = RuleBook(new.config.gallery.dir)
+                self.rules.refresh()
                 self._gallery_metrics()
                 log.info("reloaded configuration: %d enrolled photos of %d people",
                          len(self.gallery), len(self.gallery.people))
                 swapped = Swap.CONFIG
         return swapped
+
+
+def refused(decision: Decision, refusal: Refusal, detail: str) -> Decision:
+    """A verified face refused by a rule: a deny that names who it was and why (not an unknown face)."""
+    person = decision.person or decision.extra.get("verified")
+    return replace(decision, outcome=Outcome.DENY, person=None,
+                   reason=f"{refusal.text}: {detail}" if detail else refusal.text,
+                   extra={**decision.extra, "closest": person, "verified": person, "refusal": refusal.value})

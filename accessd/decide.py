@@ -51,7 +51,7 @@ def log_odds(score: float) -> float:
 
 
 def score_faces(faces: list[Face], scores: Floats, gallery: Gallery, t: Thresholds,
-                template_scores: Floats | None = None) -> list[FaceResult]:
+                template_scores: Floats | None = None, negative_scores: Floats | None = None) -> list[FaceResult]:
     """One FaceResult per face from its row of pair scores against the whole gallery.
 
     With `t.template` set, a verified person must also pass it against their
@@ -60,6 +60,10 @@ def score_faces(faces: list[Face], scores: Floats, gallery: Gallery, t: Threshol
     moves a vote among three (train/door_ceiling.py measures the difference).
     Only the people a decision looks at get a `PersonScore`: the best, the
     runner-up by ratio and the closest other by quorum score.
+
+    `negative_scores` (faces x the gallery's negative examples) refuse a verified
+    person when the face scores higher against one of the faces marked "not
+    them" than against any of their own photos.
     """
     results = []
     n_people = len(gallery.people)
@@ -85,7 +89,11 @@ def score_faces(faces: list[Face], scores: Floats, gallery: Gallery, t: Threshol
         verified = best.ratio > t.verification
         if verified and t.template is not None and template_scores is not None:
             verified = bool(template_scores[i, top] > t.template)
-        rival = None
+        rival = not_person = None
+        if verified and negative_scores is not None and len(gallery.negative_of):
+            marked = negative_scores[i][gallery.negative_of == top]
+            if marked.size and float(marked.max()) > float(row[gallery.person_of == top].max()):
+                verified, not_person = False, best.person
         people: tuple[PersonScore, ...] = (best,)
         if n_people > 1:
             runner_up = person(int(order[1]))
@@ -100,7 +108,7 @@ def score_faces(faces: list[Face], scores: Floats, gallery: Gallery, t: Threshol
                 verified, rival = False, runner_up.person
             elif verified and log_odds(best.quorum) - log_odds(closest.quorum) < t.score_margin:
                 verified, rival = False, closest.person
-        results.append(FaceResult(face, people, best.person if verified else None, rival))
+        results.append(FaceResult(face, people, best.person if verified else None, rival, not_person))
     return results
 
 
@@ -300,6 +308,9 @@ class DecisionMaker:
             extra["closest"] = best.person
         if check is not None:
             extra["check"] = check
+        if outcome is Outcome.DENY and r.not_person is not None:
+            extra["verified"] = r.not_person
+            extra["refusal"] = "not_this_person"
         return Decision(
             outcome=outcome,
             person=person,
@@ -338,6 +349,8 @@ def _ratio_score(r: FaceResult) -> tuple[float, float]:
 def _deny_reason(r: FaceResult) -> str:
     if r.best is None:
         return "gallery empty"
+    if r.not_person is not None:
+        return f"not this person: closer to a face marked not {r.not_person} than to their photos"
     if r.rival is not None:
         return f"ambiguous: close to both {r.best.person} and {r.rival}"  # a look-alike of two enrolled people
     return "no match"

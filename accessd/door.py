@@ -15,6 +15,7 @@ before its next frame.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,8 +24,10 @@ from accessd.actions import Actions
 from accessd.config import DoorConfig, LivenessConfig
 from accessd.decide import DecisionMaker
 from accessd.doorview import DoorView
+from accessd.rules import Policy, policy_from_config
+from accessd.secondfactor import SecondFactor
 from accessd.source import FrameSource, open_source
-from accessd.types import Frame, Outcome
+from accessd.types import Decision, Frame, Image, Outcome
 
 
 @dataclass
@@ -57,6 +60,15 @@ class Door:
         self.thread: threading.Thread | None = None
         self.heartbeat = 0.0  # time.monotonic() at the start of its thread's latest turn
         self._reconnects = 0
+        self._set_policy(config)
+        # Codes entered at this door (keypad over MQTT or HTTP, the console's door page), for its thread.
+        self.codes: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()  # (code, who sent it)
+
+    def _set_policy(self, config: DoorConfig) -> None:
+        p = config.policy
+        self.policy: Policy = policy_from_config(p, f"doors.{config.name}.policy.")  # checked at load already
+        self.second: SecondFactor[tuple[Decision, Image | None]] = SecondFactor(
+            p.second_factor_window_s, p.code_attempts, p.code_lockout_s)
 
     def open(self, stop: threading.Event, uri: str | None = None, source: FrameSource | None = None) -> None:
         """Open its camera (`uri` overrides the config's; `source` is one already open)."""
@@ -70,6 +82,9 @@ class Door:
         assert self.source is not None and self.decider is not None
         old_actions = self.actions
         self.config, self.liveness, self.actions = config, liveness, actions
+        old_second = self.second
+        self._set_policy(config)
+        self.second.carry_over(old_second)
         fresh = DecisionMaker(config.decision, self.source.name, liveness)
         fresh.carry_over(self.decider)
         self.decider = fresh

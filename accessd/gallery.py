@@ -1,6 +1,10 @@
 """The enrolled gallery: `verification_images/<person>/*.jpg|png`, embedded once and cached.
 
 Photos directly in the gallery folder belong to `gallery.default_person`.
+Faces marked "not this person" in the console sit in a person's
+`not-this-person/` sub-folder: embedded like photos, they are that person's
+negative examples (a face closer to one of them than to the person's own
+photos is not verified as the person, accessd/decide.py).
 Each photo goes through the same detect -> align -> embed path as a live frame.
 Embeddings are cached on disk keyed by the photo's content hash and a hash of
 the model and detector, so a restart or a reload only embeds new photos, and a
@@ -17,7 +21,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +61,10 @@ class Gallery:
     people: tuple[str, ...]
     photos: tuple[Photo, ...]
     skipped: tuple[Skipped, ...] = ()
+    # Negative examples: faces marked "not this person", each of the person `negative_of` names.
+    negatives: Floats = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    negative_of: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    negative_photos: tuple[Photo, ...] = ()
 
     @classmethod
     def empty(cls, dim: int) -> Gallery:
@@ -77,8 +85,18 @@ class Gallery:
 
     @functools.cached_property
     def photos_and_templates(self) -> Floats:
-        """(M + P) x D: what each face is scored against, built once per gallery, not per frame."""
-        return np.ascontiguousarray(np.concatenate([self.embeddings, self.templates]), np.float32)
+        """(M + P + N) x D: what each face is scored against (photos, templates, negative examples),
+        built once per gallery, not per frame."""
+        return np.ascontiguousarray(np.concatenate([self.embeddings, self.templates, self.negative_rows]), np.float32)
+
+    @functools.cached_property
+    def photos_and_negatives(self) -> Floats:
+        """(M + N) x D: photos and negative examples, when the template check is off."""
+        return np.ascontiguousarray(np.concatenate([self.embeddings, self.negative_rows]), np.float32)
+
+    @property
+    def negative_rows(self) -> Floats:
+        return self.negatives.reshape(len(self.negative_of), self.embeddings.shape[1])
 
     @functools.cached_property
     def photo_counts(self) -> npt.NDArray[np.float64]:
@@ -92,17 +110,23 @@ class Gallery:
         frame loop can apply it between two frames.
         """
         keep = [i for i, p in enumerate(self.photos) if p.path.resolve() not in paths]
-        if len(keep) == len(self.photos):
+        keep_neg = [i for i, p in enumerate(self.negative_photos) if p.path.resolve() not in paths]
+        if len(keep) == len(self.photos) and len(keep_neg) == len(self.negative_photos):
             return self
         photos = tuple(self.photos[i] for i in keep)
         people = tuple(sorted({p.person for p in photos}))
         index = {p: i for i, p in enumerate(people)}
+        keep_neg = [i for i in keep_neg if self.negative_photos[i].person in index]
+        negatives = tuple(self.negative_photos[i] for i in keep_neg)
         return Gallery(
             embeddings=self.embeddings[keep],
             person_of=np.asarray([index[p.person] for p in photos], np.int64),
             people=people,
             photos=photos,
             skipped=self.skipped,
+            negatives=self.negative_rows[keep_neg],
+            negative_of=np.asarray([index[p.person] for p in negatives], np.int64),
+            negative_photos=negatives,
         )
 
     def counts(self) -> dict[str, int]:
@@ -110,22 +134,29 @@ class Gallery:
         return {p: int(c) for p, c in zip(self.people, counts, strict=True)}
 
 
-def scan(root: Path, default_person: str) -> tuple[list[tuple[str, Path]], list[Skipped]]:
-    """(person, photo path) for every image under `root`, and what was refused while scanning."""
+NEGATIVES_DIR = "not-this-person"
+
+
+def scan(root: Path, default_person: str,
+         negatives: list[tuple[str, Path]] | None = None) -> tuple[list[tuple[str, Path]], list[Skipped]]:
+    """(person, photo path) for every image under `root`, and what was refused while scanning.
+
+    Each person's negative examples (`<person>/not-this-person/*`) go into `negatives` when given.
+    """
     found: list[tuple[str, Path]] = []
     refused: list[Skipped] = []
     if not root.is_dir():
         return found, [Skipped(root, "gallery folder does not exist")]
     real_root = root.resolve()
 
-    def consider(person: str, path: Path) -> None:
+    def consider(person: str, path: Path, into: list[tuple[str, Path]] = found) -> None:
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             return
         resolved = path.resolve()
         if not resolved.is_relative_to(real_root):
             refused.append(Skipped(path, f"points outside the gallery ({resolved})"))
         elif resolved.is_file():
-            found.append((person, path))
+            into.append((person, path))
 
     for entry in sorted(root.iterdir()):
         if entry.name.startswith("."):
@@ -137,6 +168,11 @@ def scan(root: Path, default_person: str) -> tuple[list[tuple[str, Path]], list[
             for photo in sorted(entry.iterdir()):
                 if not photo.name.startswith("."):
                     consider(entry.name, photo)
+            marked = entry / NEGATIVES_DIR
+            if negatives is not None and marked.is_dir() and not marked.is_symlink():
+                for photo in sorted(marked.iterdir()):
+                    if not photo.name.startswith("."):
+                        consider(entry.name, photo, negatives)
         else:
             consider(default_person, entry)
     return found, refused
@@ -210,14 +246,15 @@ def load_gallery(
     dim: int,
     cancel: threading.Event | None = None,
 ) -> Gallery:
-    found, skipped = scan(root, default_person)
+    marked: list[tuple[str, Path]] = []
+    found, skipped = scan(root, default_person, marked)
     log.info("gallery: loading %d photos from %s", len(found), root)
     for s in skipped:
         log.warning("gallery: skipping %s: %s", s.path, s.reason)
     photos: list[Photo] = []
     vectors: list[Floats | None] = []
     pending: list[tuple[int, tuple[Image, ...]]] = []
-    for person, path in found:
+    for person, path in found + marked:
         if cancel is not None and cancel.is_set():
             raise LoadCancelled(f"gallery load of {root} cancelled")
         try:
@@ -261,16 +298,25 @@ def load_gallery(
             vectors[i] = vec
             if cache:
                 cache.put(photos[i].sha256, vec)
-    people = tuple(sorted({p.person for p in photos}))
+    # The negatives were read last: split them off (and drop those of a person with no photo).
+    marked_paths = {p for _, p in marked}
+    is_negative = [p.path in marked_paths for p in photos]
+    own = [i for i, neg in enumerate(is_negative) if not neg]
+    people = tuple(sorted({photos[i].person for i in own}))
     index = {p: i for i, p in enumerate(people)}
-    embeddings = np.stack([v for v in vectors if v is not None]) if photos else np.zeros((0, dim), np.float32)
+    neg = [i for i, n in enumerate(is_negative) if n and photos[i].person in index]
+    embeddings = np.stack([vectors[i] for i in own]) if own else np.zeros((0, dim), np.float32)  # type: ignore[misc]
+    negatives = np.stack([vectors[i] for i in neg]) if neg else np.zeros((0, dim), np.float32)  # type: ignore[misc]
     gallery = Gallery(
         embeddings=embeddings.astype(np.float32),
-        person_of=np.asarray([index[p.person] for p in photos], np.int64),
+        person_of=np.asarray([index[photos[i].person] for i in own], np.int64),
         people=people,
-        photos=tuple(photos),
+        photos=tuple(photos[i] for i in own),
         skipped=tuple(skipped),
+        negatives=negatives.astype(np.float32),
+        negative_of=np.asarray([index[photos[i].person] for i in neg], np.int64),
+        negative_photos=tuple(photos[i] for i in neg),
     )
-    log.info("gallery: %d photos of %d people (%d newly embedded, %d skipped)",
-             len(photos), len(people), len(pending), len(skipped))
+    log.info("gallery: %d photos of %d people, %d marked not them (%d newly embedded, %d skipped)",
+             len(own), len(people), len(neg), len(pending), len(skipped))
     return gallery

@@ -139,12 +139,17 @@ class Pipeline:
         crops = [self.crop(image, f) for f in faces]
         # All faces of the frame in one run, scored against every photo and, when the
         # template check is on, every person's template.
-        m = len(gallery)
+        m, p, n = len(gallery), len(gallery.people), len(gallery.negative_of)
         if with_templates is None:
             with_templates = self.thresholds.template is not None
-        both = score(crops, gallery.photos_and_templates if with_templates else gallery.embeddings)
-        scores, templates = both[:, :m], (both[:, m:] if with_templates else None)
-        results = score_faces(faces, scores, gallery, self.thresholds, templates)
+        if with_templates:
+            targets = gallery.photos_and_templates
+        else:
+            targets = gallery.photos_and_negatives if n else gallery.embeddings
+        both = score(crops, targets)
+        scores, templates = both[:, :m], (both[:, m:m + p] if with_templates else None)
+        negatives = both[:, both.shape[1] - n:] if n else None
+        results = score_faces(faces, scores, gallery, self.thresholds, templates, negatives)
         t2 = time.perf_counter()
         seconds = {"detect": t1 - t0, "embed": t2 - t1}
         if any(r.candidate is not None for r in results) and (self.mesh is not None or self.config.liveness.instrument):
