@@ -46,6 +46,10 @@ def decision_env(decision: Decision, record: dict[str, object]) -> dict[str, str
         "ACCESSD_REASON": decision.reason,
         "ACCESSD_SNAPSHOT": decision.snapshot or "",
         "ACCESSD_TS": str(record.get("ts", "")),
+        # A verified face refused by a rule: who it was and why (accessd/rules.py Refusal); empty otherwise.
+        "ACCESSD_VERIFIED": str(decision.extra.get("verified") or ""),
+        "ACCESSD_REFUSAL": str(decision.extra.get("refusal") or ""),
+        "ACCESSD_FACTOR": str(decision.extra.get("factor") or ""),  # face, or face+code
     }
 
 
