@@ -20,8 +20,11 @@ folder the daemon already watches.
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import datetime as dt
 import hmac
+import io
 import logging
 import secrets
 import threading
@@ -38,7 +41,9 @@ from accessd.auditread import newest_first
 from accessd.config import DEFAULT_DOOR, WebConfig
 from accessd.doorview import DoorView, draw
 from accessd.enrolment import Enrolment, EnrolmentError, check_name
-from accessd.imageio import ImageError
+from accessd.gallery import NEGATIVES_DIR
+from accessd.imageio import IMAGE_SUFFIXES, ImageError
+from accessd.personfile import RULES_FILE, rules_data
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,11 @@ class Backend:
     verify: Callable[[bytes, bytes], dict[str, Any]]
     check: Callable[[], list[dict[str, Any]]]  # the enrolment check (accessd/enrolcheck.py) on the live gallery
     settings: Callable[[], dict[str, Any]]
+    # Face unlock at a door (door, on, who): False for an unknown door; applied by the daemon's house loop.
+    face_unlock: Callable[[str, bool, str], bool] = lambda _door, _on, _by: False
+    # A second-factor code typed at a door (door, code, who): False for an unknown door.
+    enter_code: Callable[[str, str, str], bool] = lambda _door, _code, _by: False
+    rule_problems: Callable[[], dict[str, str]] = dict  # person: why their rules file was refused
 
 
 class _Limiter:
@@ -270,7 +280,11 @@ def create_app(backend: Backend, password: str, web: WebConfig, api_token: str |
         outcome = request.args.get("outcome") or None
         person = request.args.get("person") or None
         door = request.args.get("door") or None
+        refusal = request.args.get("refusal") or None  # a Refusal value, or "any"
         since = request.args.get("since") or None
+        as_csv = request.args.get("format") == "csv"
+        if as_csv:
+            limit = max(1, min(int(request.args.get("limit", "10000")), 100000))
         rows: list[dict[str, Any]] = []
         more = False
         skipped = 0
@@ -280,7 +294,8 @@ def create_app(backend: Backend, password: str, web: WebConfig, api_token: str |
                 break  # records are in time order: everything further back is older still
             if ("decision" not in r or (outcome is not None and r.get("decision") != outcome)
                     or (person is not None and person not in (r.get("person"), r.get("closest")))
-                    or (door is not None and r.get("door", DEFAULT_DOOR) != door)):
+                    or (door is not None and r.get("door", DEFAULT_DOOR) != door)
+                    or (refusal is not None and not (r.get("refusal") and refusal in ("any", r.get("refusal"))))):
                 continue
             if skipped < offset:
                 skipped += 1
@@ -289,6 +304,8 @@ def create_app(backend: Backend, password: str, web: WebConfig, api_token: str |
             else:
                 more = True
                 break
+        if as_csv:
+            return _csv(rows)
         return jsonify(decisions=rows, more=more)
 
     @app.get("/api/snapshots/<snapshot_id>")
@@ -356,11 +373,112 @@ def create_app(backend: Backend, password: str, web: WebConfig, api_token: str |
                 time.sleep(0.1)  # at most 10 frames/s to a viewer
         return Response(frames(), mimetype="multipart/x-mixed-replace; boundary=frame")
 
+    def json_body() -> dict[str, Any]:
+        body = request.get_json(silent=True)
+        return body if isinstance(body, dict) else {}
+
+    @app.get("/api/people/<person>/rules")
+    def get_rules(person: str) -> Response:
+        try:
+            rules = backend.enrolment.rules(person)
+        except EnrolmentError as exc:
+            return _error(str(exc), exc.status)
+        data = rules_data(dataclasses.replace(rules, code_hash=None))
+        return jsonify(person=person, rules=data, code_set=rules.code_hash is not None,
+                       problem=backend.rule_problems().get(person))
+
+    @app.put("/api/people/<person>/rules")
+    def put_rules(person: str) -> Response:
+        try:
+            rules = backend.enrolment.set_rules(person, request.get_json(silent=True), client())
+        except EnrolmentError as exc:
+            return _error(str(exc), exc.status)
+        return jsonify(person=person, rules=rules_data(dataclasses.replace(rules, code_hash=None)),
+                       code_set=rules.code_hash is not None)
+
+    @app.put("/api/people/<person>/code")
+    def put_code(person: str) -> Response:
+        code = json_body().get("code")
+        if code is not None and not isinstance(code, str):
+            return _error("code: must be a string of 4 to 64 characters, or null to remove it", 400)
+        try:
+            backend.enrolment.set_code(person, code, client())
+        except EnrolmentError as exc:
+            return _error(str(exc), exc.status)
+        return jsonify(person=person, code_set=code is not None)
+
+    @app.post("/api/decisions/<snapshot_id>/visitor-pass")
+    def visitor_pass(snapshot_id: str) -> tuple[Response, int]:
+        path = _snapshot_path(backend, snapshot_id)
+        if path is None:
+            return _error("no such snapshot", 404), 404
+        body = json_body()
+        try:
+            name = backend.enrolment.visitor_pass(str(body.get("person") or ""), snapshot_id, path.read_bytes(),
+                                                  body.get("valid_until"), client())
+        except EnrolmentError as exc:
+            return _error(str(exc), exc.status), exc.status
+        except ImageError as exc:
+            return _error(str(exc), 422), 422
+        return jsonify(person=body.get("person"), photo=name, valid_until=body.get("valid_until"),
+                       status="pending"), 201
+
+    @app.post("/api/decisions/<snapshot_id>/not-this-person")
+    def not_this_person(snapshot_id: str) -> tuple[Response, int]:
+        path = _snapshot_path(backend, snapshot_id)
+        if path is None:
+            return _error("no such snapshot", 404), 404
+        person = str(json_body().get("person") or "")
+        try:
+            name = backend.enrolment.not_this_person(person, snapshot_id, path.read_bytes(), client())
+        except EnrolmentError as exc:
+            return _error(str(exc), exc.status), exc.status
+        except ImageError as exc:
+            return _error(str(exc), 422), 422
+        return jsonify(person=person, marked=name), 201
+
+    @app.put("/api/doors/<door>/face-unlock")
+    def face_unlock(door: str) -> Response:
+        on = json_body().get("on")
+        if not isinstance(on, bool):
+            return _error("on: must be true or false", 400)
+        if not backend.face_unlock(door, on, f"console {client()}"):
+            return _error(f"no door named {door!r}", 404)
+        return jsonify(door=door, face_unlock=on, status="pending")
+
+    @app.post("/api/doors/<door>/code")
+    def enter_code(door: str) -> tuple[Response, int]:
+        """A keypad (ESPHome, Home Assistant) or the console's door page: the code, for the face at the door."""
+        code = json_body().get("code")
+        if not isinstance(code, str) or not code or len(code) > 64:
+            return _error("code: must be a string of at most 64 characters", 400), 400
+        if not backend.enter_code(door, code, f"console {client()}"):
+            return _error(f"no door named {door!r}", 404), 404
+        return jsonify(door=door, status="accepted for judging"), 202
+
     @app.errorhandler(413)
     def too_large(_exc: Exception) -> Response:
         return _error(f"request larger than allowed (web.max_upload_bytes {web.max_upload_bytes})", 413)
 
     return app
+
+
+CSV_COLUMNS = ("ts", "door", "decision", "person", "verified", "refusal", "factor", "reason", "score", "ratio",
+               "closest", "check", "source", "frame", "snapshot", "by")
+
+
+def _csv(rows: list[dict[str, Any]]) -> Response:
+    """Decisions as CSV, newest first: the columns people filter on, one row per decision."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for r in rows:
+        # A leading = + - @ makes a spreadsheet run a formula: quoted with ' (OWASP's CSV injection advice).
+        writer.writerow(["'" + v if v[:1] in ("=", "+", "-", "@") else v
+                         for v in ("" if r.get(c) is None else str(r.get(c)) for c in CSV_COLUMNS)])
+    resp = Response(out.getvalue(), mimetype="text/csv")
+    resp.headers["Content-Disposition"] = "attachment; filename=decisions.csv"
+    return resp
 
 
 def _error(message: str, status: int) -> Response:
@@ -380,7 +498,8 @@ def _people(backend: Backend) -> list[dict[str, Any]]:
         return out
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         photos = []
-        for f in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        for f in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                        and p.suffix.lower() in IMAGE_SUFFIXES):
             key = str(f.resolve())
             if key in in_use:
                 state, reason = "in use", None
@@ -391,8 +510,11 @@ def _people(backend: Backend) -> list[dict[str, Any]]:
             else:
                 state, reason = "pending", None
             photos.append({"photo": f.name, "status": state, "reason": reason})
+        marked = folder / NEGATIVES_DIR
         out.append({"person": folder.name, "photos": photos,
-                    "in_use": sum(1 for p in photos if p["status"] == "in use")})
+                    "in_use": sum(1 for p in photos if p["status"] == "in use"),
+                    "rules": (folder / RULES_FILE).is_file(),
+                    "not_this_person": sum(1 for _ in marked.iterdir()) if marked.is_dir() else 0})
     return out
 
 

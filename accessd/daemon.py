@@ -196,6 +196,7 @@ class Daemon:
         self._reload_seq = 0
         # Face unlock switched at every door by a signal (SIGUSR1 off, SIGUSR2 on), for the house loop.
         self._unlock_requests = unlock_requests or queue.SimpleQueue()
+        self._door_unlock_requests: queue.SimpleQueue[tuple[str, bool, str]] = queue.SimpleQueue()
         self._gallery_metrics()
 
     @property
@@ -299,6 +300,13 @@ class Daemon:
         reentrant; an Event is not): applied by the house loop within its turn."""
         self._unlock_requests.put((on, by))
 
+    def request_door_unlock(self, door_name: str, on: bool, by: str) -> bool:
+        """Face unlock at one door, from the console's thread; False for an unknown door."""
+        if self._door(door_name) is None:
+            return False
+        self._door_unlock_requests.put((door_name, on, by))
+        return True
+
     def enter_code(self, door_name: str, code: str, by: str) -> bool:
         """A second-factor code entered at a door (keypad, console); judged on the door's thread. Never logged."""
         door = self._door(door_name)
@@ -315,6 +323,12 @@ class Daemon:
                 break
             for door in list(self.doors):
                 self.set_face_unlock(door.name, on, by)
+        while True:
+            try:
+                name, on, by = self._door_unlock_requests.get_nowait()
+            except queue.Empty:
+                break
+            self.set_face_unlock(name, on, by)
         if self.hass is None:
             return
         for command in self.hass.commands():
@@ -541,7 +555,13 @@ class Daemon:
                                 door.source.name if door.source else "", "", door=door.name)
             crop = None
         attempts = door.second.attempts
-        if result.step is Step.GRANT:
+        # Judged again when the code arrives: the switch or the rules may have changed since the face.
+        verdict = judge(self.rules.get(result.person or ""), door.policy, door.name, now)
+        if result.step is Step.GRANT and not door.face_unlock:
+            made = refused(decision, Refusal.FACE_UNLOCK_OFF, "")
+        elif result.step is Step.GRANT and verdict.refusal is not None:
+            made = refused(decision, verdict.refusal, verdict.detail)
+        elif result.step is Step.GRANT:
             made = replace(decision, reason="verified; code accepted", extra={**decision.extra, "factor": "face+code"})
         elif result.step is Step.WRONG:
             made = refused(decision, Refusal.SECOND_FACTOR_WRONG, f"wrong code ({result.wrong} of {attempts})")

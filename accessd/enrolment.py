@@ -14,6 +14,7 @@ skipped later. Every change appends its own audit record first.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -24,7 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from accessd.audit import AuditLog
+from accessd.codes import CodeError, hash_code
+from accessd.gallery import NEGATIVES_DIR
 from accessd.imageio import IMAGE_SUFFIXES, decode_image
+from accessd.personfile import RULES_FILE, parse_rules, read_rules, rules_data, write_atomic, write_rules
+from accessd.rules import PersonRules, RulesError
 from accessd.types import Image
 
 log = logging.getLogger(__name__)
@@ -50,7 +55,9 @@ def check_name(value: str, what: str) -> str:
 
 @dataclass(frozen=True)
 class Change:
-    action: str  # add_photo, enrol_from_snapshot, delete_photo, delete_person
+    # add_photo, enrol_from_snapshot, delete_photo, delete_person, set_rules, set_code, remove_code,
+    # visitor_pass, not_this_person
+    action: str
     person: str
     photo: str | None
     client: str
@@ -138,6 +145,105 @@ class Enrolment:
         finally:
             self._revoke([p for p in photos if not p.exists()])  # what is gone is out of use, even half-way
         log.info("console: %s removed %s", client, person)
+
+    def rules(self, person: str) -> PersonRules:
+        """The rules in the person's file now (the defaults without one); EnrolmentError when unreadable."""
+        folder = self._person_dir(person)
+        if not folder.is_dir():
+            raise EnrolmentError(f"person {person!r}: not found", 404)
+        path = folder / RULES_FILE
+        if not path.exists():
+            return PersonRules()
+        try:
+            return read_rules(path)
+        except RulesError as exc:
+            raise EnrolmentError(str(exc).replace(str(self.root) + "/", ""), 422) from exc
+
+    def set_rules(self, person: str, data: object, client: str, action: str = "set_rules") -> PersonRules:
+        """Replace a person's rules (not their code) from the console's form; refused naming the key."""
+        folder = self._person_dir(person)
+        if not folder.is_dir():
+            raise EnrolmentError(f"person {person!r}: not found", 404)
+        if isinstance(data, dict) and "code_hash" in data:
+            raise EnrolmentError("code_hash: set the code itself (PUT .../code); its hash is made here", 400)
+        try:
+            new = parse_rules(data, RULES_FILE)
+        except RulesError as exc:
+            raise EnrolmentError(str(exc), 422) from exc
+        try:
+            old = self.rules(person)
+        except EnrolmentError:
+            old = PersonRules()  # a broken file is replaced whole
+        rules = PersonRules(new.name, new.windows, new.valid_from, new.valid_until, new.doors, new.second_factor,
+                            old.code_hash)
+        change = Change(action, person, None, client)
+        self._record(change, rules=rules_data(dataclasses.replace(rules, code_hash=None)))
+        with self._failure_recorded(change, folder / RULES_FILE):
+            write_rules(folder, rules)
+        log.info("console: %s set the rules of %s", client, person)
+        return rules
+
+    def set_code(self, person: str, code: str | None, client: str) -> None:
+        """Set (or with None, remove) a person's second-factor code; only its salted hash is written."""
+        folder = self._person_dir(person)
+        if not folder.is_dir():
+            raise EnrolmentError(f"person {person!r}: not found", 404)
+        try:
+            code_hash = hash_code(code) if code is not None else None
+        except CodeError as exc:
+            raise EnrolmentError(str(exc), 422) from exc
+        old = self.rules(person)
+        change = Change("set_code" if code is not None else "remove_code", person, None, client)
+        self._record(change)  # never the code, nor its hash
+        with self._failure_recorded(change, folder / RULES_FILE):
+            write_rules(folder, dataclasses.replace(old, code_hash=code_hash))
+        log.info("console: %s %s the code of %s", client, "set" if code else "removed", person)
+
+    def visitor_pass(self, person: str, snapshot_id: str, data: bytes, valid_until: object, client: str) -> str:
+        """Enrol a refused face from its snapshot as `person`, with a pass that ends at `valid_until`.
+
+        The rules are written first (a folder that exists without photos grants no one), then the photo;
+        a new person only, so a pass never shortens or widens someone already enrolled by accident.
+        """
+        folder = self._person_dir(person)
+        if folder.exists():
+            raise EnrolmentError(f"person {person!r}: already enrolled; edit their rules instead", 409)
+        try:
+            rules = parse_rules({"valid_until": valid_until}, "visitor pass")
+        except RulesError as exc:
+            raise EnrolmentError(str(exc), 422) from exc
+        image = decode_image(data, f"{snapshot_id}.jpg")
+        problem = self._problem(image)
+        if problem is not None:
+            raise EnrolmentError(f"snapshot {snapshot_id}: {problem}", 422)
+        change = Change("visitor_pass", person, None, client)
+        self._record(change, valid_until=str(valid_until), snapshot=snapshot_id)
+        with self._failure_recorded(change, folder):
+            folder.mkdir(parents=True, exist_ok=False)
+            write_rules(folder, rules)
+        return self.add_photo(person, f"{snapshot_id}.jpg", data, client, "enrol_from_snapshot")
+
+    def not_this_person(self, person: str, snapshot_id: str, data: bytes, client: str) -> str:
+        """Keep a decision's face as one `person` is not (their negative example); audited first."""
+        folder = self._person_dir(person)
+        if not folder.is_dir():
+            raise EnrolmentError(f"person {person!r}: not found", 404)
+        check_name(snapshot_id, "snapshot")
+        image = decode_image(data, f"{snapshot_id}.jpg")
+        problem = self._problem(image)
+        if problem is not None:
+            raise EnrolmentError(f"snapshot {snapshot_id}: {problem}", 422)
+        marked = folder / NEGATIVES_DIR
+        if marked.is_symlink():
+            raise EnrolmentError(f"person {person!r}: {NEGATIVES_DIR} is a symlink; refused", 403)
+        name = f"{snapshot_id}.jpg"
+        change = Change("not_this_person", person, name, client)
+        self._record(change, snapshot=snapshot_id)
+        with self._failure_recorded(change, marked / name):
+            marked.mkdir(exist_ok=True)
+            write_atomic(marked / name, data)
+        log.info("console: %s marked snapshot %s as not %s", client, snapshot_id, person)
+        return name
 
     def photo_path(self, person: str, photo: str) -> Path:
         path = self._person_dir(person) / check_name(photo, "photo")

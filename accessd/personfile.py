@@ -38,7 +38,6 @@ from accessd.rules import ANY_TIME, PersonRules, RulesError, parse_moment, parse
 log = logging.getLogger(__name__)
 
 RULES_FILE = "person.yaml"
-NEGATIVES_DIR = "not-this-person"  # faces marked "not this person", beside the person's photos
 KEYS = ("name", "windows", "valid_from", "valid_until", "doors", "second_factor", "code_hash")
 MAX_BYTES = 64 * 1024
 

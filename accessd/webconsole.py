@@ -85,6 +85,9 @@ def start_console(daemon: Daemon) -> WebServer | None:
         verify=verify,
         check=check,
         settings=settings,
+        face_unlock=daemon.request_door_unlock,
+        enter_code=daemon.enter_code,
+        rule_problems=lambda: dict(daemon.rules.problems),
     )
     try:
         server = WebServer(create_app(backend, password, web, api_token), web.host, web.port,

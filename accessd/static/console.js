@@ -60,6 +60,23 @@ async function loadDoors() {
 }
 $("live-door").addEventListener("change", () => { $("status").replaceChildren(); });
 
+// The door's face-unlock switch and its code box (a kiosk beside the door, or someone on the phone).
+let faceUnlock = true;
+$("face-unlock").addEventListener("click", async () => {
+  const on = !faceUnlock;
+  if (!confirm(`Turn face unlock ${on ? "on" : "off"} at ${door() || "the door"}?`)) return;
+  try { await api("PUT", `/api/doors/${encodeURIComponent(door())}/face-unlock`, { on }); say(`face unlock turning ${on ? "on" : "off"}`); }
+  catch (e) { say(e.message); }
+});
+$("code-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const code = $("code").value;
+  $("code").value = "";
+  if (!code) return;
+  try { await api("POST", `/api/doors/${encodeURIComponent(door())}/code`, { code }); say("code sent"); }
+  catch (err) { say(err.message); }
+});
+
 // Live: a new JPEG every 300 ms (one request at a time), and the status.
 let liveUrl = null;
 async function liveLoop() {
@@ -80,6 +97,10 @@ async function liveLoop() {
 async function statusLoop() {
   try {
     const s = await api("GET", `/api/status?door=${encodeURIComponent(door())}`);
+    faceUnlock = s.face_unlock !== false;
+    $("face-unlock").textContent = `face unlock: ${faceUnlock ? "on" : "off"}`;
+    $("face-unlock").className = faceUnlock ? "on" : "off";
+    $("awaiting").textContent = s.awaiting_code ? `${s.awaiting_code}: enter your code` : "";
     const dl = $("status");
     dl.replaceChildren();
     for (const [k, v] of Object.entries(s)) dl.append(el("dt", {}, k.replaceAll("_", " ")), el("dd", {}, typeof v === "object" ? JSON.stringify(v) : String(v)));
@@ -94,6 +115,10 @@ async function loadDecisions() {
   if ($("f-outcome").value) q.set("outcome", $("f-outcome").value);
   if ($("f-person").value) q.set("person", $("f-person").value);
   if ($("f-since").value) q.set("since", new Date($("f-since").value).toISOString());
+  if ($("f-refusal").value) q.set("refusal", $("f-refusal").value);
+  const csv = new URLSearchParams(q);
+  csv.delete("offset"); csv.delete("limit"); csv.set("format", "csv");
+  $("csv").href = `/api/decisions?${csv}`;
   const data = await api("GET", `/api/decisions?${q}`);
   const rows = $("decision-rows");
   rows.replaceChildren();
@@ -104,7 +129,16 @@ async function loadDecisions() {
       const b = el("button", { class: "enrol" }, "enrol as…");
       // No name suggested: the closest enrolled person is exactly the wrong guess to make easy.
       b.addEventListener("click", () => enrolFromSnapshot(d.id));
-      action.append(b);
+      const v = el("button", { class: "visitor" }, "visitor pass…");
+      v.addEventListener("click", () => visitorPass(d.id));
+      action.append(b, v);
+    }
+    const closest = d.person || d.closest;
+    if (d.id && closest) {
+      // The face was (nearly) taken for `closest`: keep it as one they are not.
+      const n = el("button", { class: "not-this-person" }, `not ${closest}`);
+      n.addEventListener("click", () => notThisPerson(d.id, closest));
+      action.append(n);
     }
     rows.append(el("tr", { "data-id": d.id || "" },
       el("td", {}, d.ts), el("td", {}, d.door || "door"), el("td", { class: d.decision }, d.decision), el("td", {}, d.person || (d.closest ? (d.decision === "spoof_suspected" ? `looked like ${d.closest}` : `unknown (closest: ${d.closest})`) : "-")),
@@ -121,6 +155,26 @@ async function enrolFromSnapshot(id) {
     await api("POST", `/api/decisions/${encodeURIComponent(id)}/enrol`, { person });
     say(`added to ${person}; live within seconds`);
   } catch (e) { say(`not enrolled: ${e.message}`); }
+}
+
+async function visitorPass(id) {
+  const person = prompt("Visitor's name (a new person, enrolled from this snapshot):", "");
+  if (!person) return;
+  const tomorrow = new Date(Date.now() + 86400000).toISOString().slice(0, 10);
+  const until = prompt("Pass valid until (a date, 2026-12-24, or a date and time, 2026-12-24T18:00):", tomorrow);
+  if (!until) return;
+  try {
+    await api("POST", `/api/decisions/${encodeURIComponent(id)}/visitor-pass`, { person, valid_until: until });
+    say(`visitor pass for ${person} until ${until}; live within seconds`);
+  } catch (e) { say(`no pass: ${e.message}`); }
+}
+
+async function notThisPerson(id, person) {
+  if (!confirm(`This face is not ${person}: keep it so it is never let in as ${person}?`)) return;
+  try {
+    await api("POST", `/api/decisions/${encodeURIComponent(id)}/not-this-person`, { person });
+    say(`marked: not ${person}`);
+  } catch (e) { say(`not marked: ${e.message}`); }
 }
 
 $("decision-filter").addEventListener("submit", (e) => { e.preventDefault(); page = 0; loadDecisions(); });
@@ -163,8 +217,58 @@ function personCard(p) {
     try { await api("DELETE", `/api/people/${encodeURIComponent(p.person)}`); say(`removed ${p.person}`); } catch (e) { say(e.message); }
     setTimeout(loadPeople, 2500);
   });
+  const rules = el("details", { class: "rules" }, el("summary", {}, `rules${p.rules ? "" : " (any time, every door)"}` +
+    (p.not_this_person ? `; ${p.not_this_person} face(s) marked not ${p.person}` : "")));
+  rules.addEventListener("toggle", () => { if (rules.open && !rules.dataset.loaded) rulesForm(p.person, rules); });
   return el("div", { class: "person", "data-person": p.person },
-    el("h2", {}, `${p.person} (${p.in_use} of ${p.photos.length} photos in use) `, remove), photos, drop);
+    el("h2", {}, `${p.person} (${p.in_use} of ${p.photos.length} photos in use) `, remove), photos, drop, rules);
+}
+
+// A person's rules (person.yaml beside their photos): the server checks them and names a bad key.
+async function rulesForm(person, box) {
+  const path = `/api/people/${encodeURIComponent(person)}/rules`;
+  let data;
+  try { data = await api("GET", path); } catch (e) { box.append(el("p", {}, e.message)); return; }
+  box.dataset.loaded = "1";
+  const r = data.rules;
+  const field = (name, label, value, attrs = {}) => el("label", {}, label, " ",
+    el("input", { name, value: value || "", ...attrs }));
+  const form = el("form", { class: "rules-form" },
+    field("name", "display name", r.name),
+    field("windows", "when (separated by ;, e.g. mon-fri 08:00-18:00; sat 09:00-12:00; empty: any time)", "", {}),
+    field("valid_from", "valid from", r.valid_from, { placeholder: "2026-12-01 or 2026-12-01T09:00" }),
+    field("valid_until", "valid until", r.valid_until, { placeholder: "2026-12-06 or 2026-12-06T18:00" }),
+    field("doors", "doors (comma-separated; empty: every door)", (r.doors || []).join(", ")),
+    el("label", {}, el("input", { name: "second_factor", type: "checkbox", ...(r.second_factor ? { checked: "" } : {}) }),
+      " a code with every face"),
+    el("button", { type: "submit" }, "save rules"));
+  form.elements.windows.value = (r.windows || []).join("; ");
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const f = form.elements;
+    const body = { name: f.name.value.trim() };
+    const windows = f.windows.value.split(/[;\n]/).map((w) => w.trim()).filter(Boolean);
+    if (windows.length) body.windows = windows;
+    if (f.valid_from.value.trim()) body.valid_from = f.valid_from.value.trim();
+    if (f.valid_until.value.trim()) body.valid_until = f.valid_until.value.trim();
+    const doors = f.doors.value.split(",").map((d) => d.trim()).filter(Boolean);
+    if (doors.length) body.doors = doors;
+    body.second_factor = f.second_factor.checked;
+    try { await api("PUT", path, body); say(`rules of ${person} saved`); } catch (err) { say(`rules not saved: ${err.message}`); }
+  });
+  const code = el("form", { class: "code-form" },
+    el("input", { name: "code", type: "password", autocomplete: "new-password", placeholder: data.code_set ? "code set; type a new one" : "no code set" }),
+    el("button", { type: "submit" }, "set code"));
+  code.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      await api("PUT", `/api/people/${encodeURIComponent(person)}/code`, { code: code.elements.code.value });
+      code.elements.code.value = "";
+      code.elements.code.placeholder = "code set; type a new one";
+      say(`code of ${person} set`);
+    } catch (err) { say(`code not set: ${err.message}`); }
+  });
+  box.append(form, code, data.problem ? el("p", { class: "flag" }, data.problem) : "");
 }
 
 async function loadPeople() {
