@@ -23,9 +23,9 @@ from accessd.bench import bench_frame
 from accessd.imageio import read_image
 from tests.conftest import REPO, SHARED, LoopbackServer, QuietHandler, free_port
 from tests.test_daemon import OTHER_ENROLLED, PERSON, enrol, photos, write_config
+from tests.test_imageio import png_claiming
 
 VISITOR = "Jacques_Chirac"  # not enrolled: a visitor pass lets him in
-from tests.test_imageio import png_claiming
 
 PASSWORD = "correct horse battery staple"
 API_TOKEN = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # scripts' bearer token
