@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate the config and exit 0, or 2 listing every problem")
     _config_arg(check)
+
+    code = sub.add_parser("set-code", help="set a person's second-factor code (read from stdin; only its hash "
+                                           "is kept, in their person.yaml; audited)")
+    _config_arg(code)
+    code.add_argument("person")
+    code.add_argument("--remove", action="store_true", help="remove the person's code instead")
     return parser
 
 
@@ -119,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: ok")
         print(_describe_doors(config))
         return 0
+    if args.command == "set-code":
+        return _set_code(config, args)
     from accessd.detector import DetectorError
     from accessd.landmarks import MeshError
     from accessd.model import ModelError
@@ -145,6 +153,11 @@ def _describe_doors(config: Config) -> str:
         lines.append(f"  {door.name}: camera {display_name(door.source.uri)}, {hooks} hook(s)/webhook(s), "
                      f"grant after {door.decision.confirm_frames} of {door.decision.confirm_window} frames, "
                      f"lockout after {door.decision.lockout_denies} denies")
+        pol = door.policy
+        zone = pol.timezone or "this machine's time zone"
+        code = (f"; a code as well {', '.join(pol.second_factor_hours)}" if pol.second_factor_hours else "")
+        holidays = f"; {len(pol.holidays)} holiday(s)" if pol.holidays else ""
+        lines.append(f"    faces {', '.join(pol.hours) or 'never'} ({zone}){code}{holidays}")
     return "\n".join(lines)
 
 
@@ -245,6 +258,36 @@ def _verify(config: Config, args: argparse.Namespace) -> int:
     match = score > pipeline.thresholds.detection
     print(json.dumps({"score": round(score, 6), "match": match, "threshold": pipeline.thresholds.detection}))
     return 0 if match else 1
+
+
+def _set_code(config: Config, args: argparse.Namespace) -> int:
+    """A code from stdin (a terminal asks twice, without echo) into the person's rules, as a salted hash."""
+    import getpass
+    import os
+
+    from accessd.audit import AuditLog
+    from accessd.enrolment import Enrolment, EnrolmentError
+
+    code: str | None = None
+    if not args.remove:
+        if sys.stdin.isatty():
+            code = getpass.getpass(f"code for {args.person}: ")
+            if getpass.getpass("again: ") != code:
+                print("the two codes differ; nothing changed", file=sys.stderr)
+                return 1
+        else:
+            code = sys.stdin.readline().rstrip("\n")
+    audit = AuditLog.from_config(config.audit)
+    try:
+        Enrolment(lambda: config.gallery.dir, lambda: audit).set_code(
+            args.person, code, f"cli {os.environ.get('USER') or os.getuid()}")
+    except EnrolmentError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    finally:
+        audit.close()
+    print(f"{'removed the' if args.remove else 'set a'} code for {args.person}")
+    return 0
 
 
 def _enroll(config: Config, args: argparse.Namespace) -> int:

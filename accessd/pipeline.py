@@ -37,6 +37,7 @@ class FrameAnalysis:
     seconds: dict[str, float] = field(default_factory=dict)  # per stage: detect, embed
     scores: Floats | None = None  # faces x gallery photos pair scores (None without faces)
     template_scores: Floats | None = None  # faces x people: scores against each person's template
+    negative_scores: Floats | None = None  # faces x faces marked "not this person" (None without any)
 
 
 class Pipeline:
@@ -155,7 +156,7 @@ class Pipeline:
         if any(r.candidate is not None for r in results) and (self.mesh is not None or self.config.liveness.instrument):
             results = self.liveness_signals(image, results)
             seconds["liveness"] = time.perf_counter() - t2
-        return FrameAnalysis(faces, crops, results, seconds, scores, templates)
+        return FrameAnalysis(faces, crops, results, seconds, scores, templates, negatives)
 
     def liveness_signals(self, image: Image, results: list[FaceResult]) -> list[FaceResult]:
         """Verified faces with their eye aspect ratio (the face mesh) and the instrument check's finding.

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.conftest import SAMPLES, run_py
+from tests.conftest import REPO, SAMPLES, run_py
 from tests.test_daemon import write_config
 
 
@@ -71,3 +74,28 @@ def test_enroll_check_flags_a_mislabelled_photo(tmp_path: Path, trained_model: P
     assert flagged.returncode == 1
     lines = flagged.stdout.splitlines()
     assert lines[0].startswith(f"{OTHER_ENROLLED}/{wrong.name}\tlooks like {PERSON} "), lines
+
+
+def test_set_code_keeps_only_a_salted_hash_and_audits_it(tmp_path: Path) -> None:
+    from accessd.codes import check_code
+    from accessd.personfile import read_rules
+
+    (tmp_path / "g" / "ann").mkdir(parents=True)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"gallery: {{dir: {tmp_path / 'g'}}}\naudit: {{path: {tmp_path / 'audit.jsonl'}}}\n")
+    env = {**os.environ, "USER": "tester"}
+    done = subprocess.run([sys.executable, "-m", "accessd", "set-code", "ann", "--config", str(cfg)], cwd=REPO,
+                          input="97531\n", capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    rules = read_rules(tmp_path / "g" / "ann" / "person.yaml")
+    assert rules.code_hash is not None and check_code("97531", rules.code_hash)
+    assert "97531" not in (tmp_path / "g" / "ann" / "person.yaml").read_text() + done.stdout + done.stderr
+    short = subprocess.run([sys.executable, "-m", "accessd", "set-code", "ann", "--config", str(cfg)], cwd=REPO,
+                           input="12\n", capture_output=True, text=True, check=False)
+    assert short.returncode == 1 and "code: must be 4 to 64 characters (got 2)" in short.stderr
+    nobody = subprocess.run([sys.executable, "-m", "accessd", "set-code", "bob", "--config", str(cfg)], cwd=REPO,
+                            input="97531\n", capture_output=True, text=True, check=False)
+    assert nobody.returncode == 1 and "person 'bob': not found" in nobody.stderr
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [(r["action"], r["person"], r["client"]) for r in records] == [("set_code", "ann", "cli tester")]
+    assert check_code("97531", read_rules(tmp_path / "g" / "ann" / "person.yaml").code_hash or "")  # unchanged

@@ -97,16 +97,19 @@ def decide_attempt(attempt: Attempt, thresholds: Thresholds, pipeline: Pipeline,
 
 
 def draw(pipeline: Pipeline, photos: dict[str, list[str]], args: argparse.Namespace,
-         rng: np.random.Generator) -> tuple[Gallery, list[tuple[str | None, str]]]:
-    """Enrol a random set of people through the daemon's enrolment code; plan their and strangers' attempts."""
+         rng: np.random.Generator, folder: Path | None = None) -> tuple[Gallery, list[tuple[str | None, str]]]:
+    """Enrol a random set of people through the daemon's enrolment code; plan their and strangers' attempts.
+
+    The gallery folder is `folder` when given (kept, for a later change), else a temporary one."""
     eligible = [q for q in photos if len(photos[q]) > args.enrol]
     enrolled = sorted(rng.choice(eligible, min(args.gallery_people, len(eligible)), replace=False).tolist())
     with tempfile.TemporaryDirectory(prefix="door_eval_gallery_") as tmp:
+        root = folder or Path(tmp)
         for q in enrolled:
-            (Path(tmp) / q).mkdir()
+            (root / q).mkdir(parents=True)
             for rel in photos[q][: args.enrol]:
-                shutil.copy(args.data / rel, Path(tmp) / rel)
-        gallery = pipeline.load_gallery(Path(tmp))
+                shutil.copy(args.data / rel, root / rel)
+        gallery = pipeline.load_gallery(root)
     others = [q for q in photos if q not in enrolled]
     order = rng.permutation(len(others))
     strangers: list[str] = []
