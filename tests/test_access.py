@@ -131,3 +131,72 @@ def _and(first: object, second: object) -> object:
         if callable(second):
             second()
     return both
+
+
+def test_a_keypad_over_mqtt_and_face_unlock_by_signal(tmp_path: Path, trained_model: Path,
+                                                      faces: dict[str, np.ndarray]) -> None:
+    """The code comes from a keypad publishing to accessd/<door>/code (a retained one is ignored);
+    SIGUSR1 and SIGUSR2 switch face unlock at every door, audited."""
+    import os
+    import signal
+    import time
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from accessd.config import load_config
+    from accessd.daemon import Daemon, install_signal_handlers
+    from tests.test_mqtt import MOSQUITTO, start_broker
+
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed (install.sh installs it)")
+    broker = start_broker(tmp_path)
+    keypad = paho.Client(CallbackAPIVersion.VERSION2)
+    keypad.connect("127.0.0.1", broker.port)
+    keypad.loop_start()
+    try:
+        keypad.publish("accessd/door/code", "0000", qos=1, retain=True).wait_for_publish(5)  # left on the broker
+        gallery = tmp_path / "g"
+        enrol(gallery, GUARD, photos(GUARD)[:5])
+        write_rules(gallery / GUARD, parse_rules({"code_hash": hash_code(CODE)}, "guard"))
+        cfg = write_config(tmp_path / "config.yaml", trained_model, gallery={"dir": str(gallery)},
+                           audit={"path": str(tmp_path / "a.jsonl")}, decision={"grant_cooldown_s": 0.5},
+                           mqtt={"host": "127.0.0.1", "port": broker.port},
+                           policy={"second_factor_hours": ["daily 00:00-24:00"]})
+        stop = threading.Event()
+        saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)}
+        daemon = Daemon(load_config(cfg), stop=stop)
+        install_signal_handlers(stop, None, daemon.request_face_unlock)
+        try:
+            def connected() -> None:
+                assert daemon.mqtt is not None and daemon.mqtt.connected.wait(10)
+                time.sleep(0.5)  # the code topic subscribed, and the retained code delivered (and ignored)
+
+            def type_code() -> None:
+                keypad.publish("accessd/door/code", CODE, qos=1).wait_for_publish(5)
+                time.sleep(0.5)
+
+            def switch_off() -> None:
+                os.kill(os.getpid(), signal.SIGUSR1)
+                time.sleep(0.3)
+
+            face = faces[GUARD]
+            script: list[tuple[np.ndarray, float, object]] = [(face, 0.0, connected)]
+            script += [(face, i / 15, type_code if i == 4 else None) for i in range(1, 12)]
+            script += [(face, 20 + i / 15, switch_off if i == 0 else None) for i in range(8)]
+            assert daemon.run(stop, source=Scripted(script)) == 0
+        finally:
+            for s, handler in saved.items():
+                signal.signal(s, handler)
+        records = audit(tmp_path / "a.jsonl")
+        decisions = [(r["decision"], r.get("person") or r.get("verified"), r.get("refusal"), r.get("factor"))
+                     for r in records if "decision" in r]
+        assert decisions[0] == ("grant", GUARD, None, "face+code"), decisions
+        assert ("deny", GUARD, "face_unlock_off", None) in decisions[1:], decisions
+        assert not any(d[2] == "second_factor_wrong" for d in decisions)  # the retained 0000 was never judged
+        switched = [(r["door"], r["state"], r["by"]) for r in records if r.get("event") == "face_unlock"]
+        assert switched == [("door", "off", "signal SIGUSR1")]
+    finally:
+        keypad.loop_stop()
+        broker.proc.terminate()
+        broker.proc.wait(timeout=5)

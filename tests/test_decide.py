@@ -275,6 +275,26 @@ def test_template_check_refuses_a_vote_won_by_lucky_photos() -> None:
     assert off.candidate == "ann"
 
 
+def test_a_face_closer_to_one_marked_not_them_than_to_their_photos_is_refused() -> None:
+    import dataclasses
+
+    g = dataclasses.replace(gallery(["ann", "ann", "ann", "bob"]), negatives=np.zeros((2, 4), np.float32),
+                            negative_of=np.array([0, 1]))
+    scores = np.array([[0.9, 0.8, 0.7, 0.1]], np.float32)
+    (marked,) = score_faces([FACE], scores, g, T_RATIO, None, np.array([[0.95, 0.2]], np.float32))
+    assert marked.candidate is None and marked.not_person == "ann" and marked.best is not None
+    (own,) = score_faces([FACE], scores, g, T_RATIO, None, np.array([[0.85, 0.99]], np.float32))
+    assert own.candidate == "ann" and own.not_person is None  # her best photo (0.9) beats the marked face
+    # bob's marked face says nothing about ann.
+    (other,) = score_faces([FACE], scores, g, T_RATIO, None, np.array([[0.1, 0.99]], np.float32))
+    assert other.candidate == "ann"
+    dm = DecisionMaker(DecisionConfig(confirm_frames=1, confirm_window=1), "test")
+    d = dm.update(0, 0.0, [marked])
+    assert d is not None and d.outcome is Outcome.DENY and d.person is None
+    assert d.extra["refusal"] == "not_this_person" and d.extra["verified"] == "ann"
+    assert d.reason.startswith("not this person: closer to a face marked not ann")
+
+
 def test_template_is_each_persons_mean_embedding() -> None:
     g = Gallery(embeddings=np.array([[1, 0], [3, 0], [0, 5]], np.float32), person_of=np.array([0, 0, 1]),
                 people=("ann", "bob"), photos=tuple(Photo(p, Path(f"{i}.jpg"), str(i))

@@ -146,3 +146,27 @@ def test_a_cached_embedding_of_another_width_is_embedded_again_never_misread(
                      cache, dim)
     assert g.embeddings.shape == (1, dim) and not np.all(g.embeddings == 1)
     assert "has shape (64,), not (128,): embedding it again" in caplog.text
+
+
+def test_faces_marked_not_this_person_load_as_negatives_and_revoke(pipeline: Pipeline, tmp_path: Path) -> None:
+    root = tmp_path / "g"
+    for person, photos in (("ann", ["Aaron_Peirsol"]), ("bob", ["Abdullah_Gul"])):
+        (root / person).mkdir(parents=True)
+        for name in photos:
+            for i, src in enumerate(sorted((LFW / name).glob("*.jpg"))[:2]):
+                shutil.copy(src, root / person / f"{i}.jpg")
+    marked = root / "ann" / "not-this-person"
+    marked.mkdir()
+    shutil.copy(sorted((LFW / "Abdullah_Gul").glob("*.jpg"))[2], marked / "snap1.jpg")
+    (root / "ghost" / "not-this-person").mkdir(parents=True)  # marked faces of nobody enrolled
+    shutil.copy(sorted((LFW / "Abdullah_Gul").glob("*.jpg"))[3], root / "ghost" / "not-this-person" / "s.jpg")
+    g = pipeline.load_gallery(root)
+    assert g.people == ("ann", "bob") and len(g.photos) == 4 and all(p.path.parent.name != "not-this-person"
+                                                                   for p in g.photos)
+    assert [p.path.name for p in g.negative_photos] == ["snap1.jpg"] and g.negative_of.tolist() == [0]
+    assert g.negatives.shape == (1, g.embeddings.shape[1]) and g.photos_and_templates.shape[0] == 4 + 2 + 1
+    # A revoked marked face (the file removed in the console) is out at once; removing ann drops hers.
+    assert len(g.without(frozenset({(marked / "snap1.jpg").resolve()})).negative_of) == 0
+    ann = frozenset(p.path.resolve() for p in g.photos if p.person == "ann")
+    without_ann = g.without(ann)
+    assert without_ann.people == ("bob",) and len(without_ann.negative_of) == 0
