@@ -617,6 +617,8 @@ class Daemon:
         self.metrics.decisions.labels(door.name, decision.outcome.value, decision.person or "").inc()
         if decision.outcome is Outcome.SPOOF_SUSPECTED:
             self.metrics.spoof_suspected.labels(door.name, str(decision.extra.get("check", ""))).inc()
+        if decision.extra.get("refusal"):
+            self.metrics.refusals.labels(door.name, str(decision.extra["refusal"])).inc()
         log.info(
             "decision=%s person=%s score=%.3f ratio=%.2f frame=%d source=%s door=%s reason=%s",
             decision.outcome.value, decision.person or "-", decision.score, decision.ratio,

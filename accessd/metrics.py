@@ -30,6 +30,9 @@ class Metrics:
                                  registry=r)
         self.spoof_suspected = Counter("accessd_spoof_suspected", "Faces refused as presented (photo, screen), "
                                        "by the liveness check that fired", ["door", "check"], registry=r)
+        self.refusals = Counter("accessd_refusals", "Verified faces refused by an access rule, by door and rule "
+                                "(outside_schedule, pass_expired, second_factor_wrong, ...)", ["door", "refusal"],
+                                registry=r)
         self.frame_errors = Counter("accessd_frame_errors", "Frames that failed (no decision)", ["door"], registry=r)
         self.audit_errors = Counter("accessd_audit_errors", "Decisions that could not be recorded", registry=r)
         self.camera_reconnects = Gauge("accessd_camera_reconnects", "Camera reconnections since start", ["door"],

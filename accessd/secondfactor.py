@@ -69,7 +69,7 @@ class SecondFactor(Generic[P]):
             self._code = None
             return Result(Step.LOCKED, person, payload, len(self._wrong))
         if self._face is not None and self._face.person == person:
-            return Result(Step.WAIT, person)  # the same face seen again: the first window stands
+            return Result(Step.WAIT)  # the same face seen again: the first window stands (said once)
         self._face = _Waiting(person, code_hash, now + self.window_s, payload)
         if self._code is not None:
             code, _ = self._code
