@@ -513,6 +513,25 @@ def test_in_the_browser_a_visitor_pass_from_a_snapshot_and_not_this_person(door:
     assert ("not_this_person", "Donald") in changes
     assert changes[-2:] == [("visitor_pass", "Visitor"), ("enrol_from_snapshot", "Visitor")]
 
+    # A person's rules on their card: a mistake is refused naming the key, then saved.
+    browser.find_element(By.CSS_SELECTOR, "nav button[data-tab='people']").click()
+    card = f"[data-person='{OTHER_ENROLLED}']"
+    wait("the rules toggle", lambda: (browser.find_element(By.CSS_SELECTOR, f"{card} details.rules summary").click(),
+                                      True)[1])
+    form = wait("the rules form", lambda: browser.find_element(By.CSS_SELECTOR, f"{card} form.rules-form"))
+    form.find_element(By.NAME, "windows").send_keys("mon-fri 08:00-18:00; tues 18:00-20:00")
+    form.find_element(By.NAME, "valid_until").send_keys("2030-06-30")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait("the refusal", lambda: "windows[1]: unknown weekday 'tues'" in browser.find_element(By.ID, "message").text)
+    windows = form.find_element(By.NAME, "windows")
+    windows.clear()
+    windows.send_keys("mon-fri 08:00-18:00; tue 18:00-20:00")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait("the rules saved", lambda: f"rules of {OTHER_ENROLLED} saved" in browser.find_element(By.ID, "message").text)
+    shoot(browser, "rules")
+    saved = read_rules(door.gallery / OTHER_ENROLLED / "person.yaml")
+    assert saved.windows.text == ("mon-fri 08:00-18:00", "tue 18:00-20:00") and saved.valid_until is not None
+
 
 def test_rules_codes_and_the_door_switch_through_the_api(door: Door) -> None:
     person = "Rules_Test"
