@@ -336,7 +336,9 @@ def shoot(browser: Any, name: str) -> None:
         browser.save_screenshot(str(Path(folder) / f"console-{name}.png"))
 
 
-def test_in_the_browser_enrol_from_a_refused_snapshot_then_delete_then_upload(door: Door, browser: Any) -> None:
+def waiter(browser: Any, door: Door) -> Any:
+    """wait(what, check, timeout): until check() is truthy in the browser, retried over redrawn elements;
+    on a timeout the page's message, the browser's console and the daemon's log say why."""
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -351,7 +353,15 @@ def test_in_the_browser_enrol_from_a_refused_snapshot_then_delete_then_upload(do
             message = browser.find_element(By.ID, "message").text
             raise AssertionError(f"browser: timed out waiting for {what} at {browser.current_url}; page says "
                                  f"{message!r}\n"
-                                 f"console: {logs[-10:]}\n" + "".join(door.stderr)[-1500:]) from exc
+                                 f"console: {logs[-10:]}\n" + door.log_tail()) from exc
+    return wait
+
+
+def test_in_the_browser_enrol_from_a_refused_snapshot_then_delete_then_upload(door: Door, browser: Any) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    wait = waiter(browser, door)
 
     def tab(name: str) -> None:
         browser.find_element(By.CSS_SELECTOR, f"nav button[data-tab='{name}']").click()
@@ -440,18 +450,10 @@ def test_in_the_browser_enrol_from_a_refused_snapshot_then_delete_then_upload(do
 
 def test_in_the_browser_a_visitor_pass_from_a_snapshot_and_not_this_person(door: Door, browser: Any) -> None:
     """Runs after the test above: its person is enrolled as Donald, and the camera still shows him."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    def wait(what: str, check: Any, timeout: float = 40) -> Any:
-        try:
-            return WebDriverWait(browser, timeout, poll_frequency=0.3,
-                                 ignored_exceptions=[StaleElementReferenceException, NoSuchElementException]
-                                 ).until(lambda _b: check())
-        except Exception as exc:
-            raise AssertionError(f"browser: timed out waiting for {what}; page says "
-                                 f"{browser.find_element(By.ID, 'message').text!r}\n" + door.log_tail()) from exc
+    wait = waiter(browser, door)
 
     def click_first(selector: str) -> bool:
         try:

@@ -177,8 +177,8 @@ def people_test_parser(doc: str) -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = people_test_parser(__doc__)
+def attempt_args(p: argparse.ArgumentParser) -> None:
+    """The arguments of a door evaluation's draws and attempts (door_eval, negatives_eval)."""
     p.add_argument("--config", type=Path, default=Path("config.yaml"), help="decision settings (defaults: config.yaml)")
     p.add_argument("--enrol", type=int, default=3)
     p.add_argument("--probes", type=int, default=5)
@@ -187,6 +187,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=1.5)
     p.add_argument("--fps", type=float, default=10.0)
     p.add_argument("--draws", type=int, default=1, help="repeat with this many random sets of enrolled people")
+
+
+def eval_pipeline(args: argparse.Namespace, prefix: str) -> Pipeline:
+    """The daemon's pipeline with the configured decisions, the model under test and liveness off.
+
+    LFW holds still photos: no blink, no motion, and some have a picture's edge. The liveness checks are
+    measured apart (train/spoof_eval.py); here they are off, so the numbers measure recognition alone
+    and stay comparable with earlier reports.
+    """
+    config = load_config(args.config) if args.config.is_file() else load_config(None)
+    config = replace(config, model=replace(config.model, path=args.model.resolve()),
+                     state_dir=Path(tempfile.mkdtemp(prefix=prefix)),
+                     liveness=LivenessConfig(blink=False, instrument=False, motion=False))
+    return Pipeline(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = people_test_parser(__doc__)
+    attempt_args(p)
     p.add_argument("--thresholds", type=float, nargs="*", help="detection thresholds to sweep (default: a grid)")
     p.add_argument("--verifications", type=float, nargs="*",
                    help="verification thresholds to sweep (default: the configured one)")
@@ -201,14 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    config = load_config(args.config) if args.config.is_file() else load_config(None)
-    # LFW holds still photos: no blink, no motion, and some have a picture's edge. The
-    # liveness checks are measured apart (train/spoof_eval.py); here they are off, so these
-    # numbers measure recognition alone and stay comparable with earlier reports.
-    config = replace(config, model=replace(config.model, path=args.model.resolve()),
-                     state_dir=Path(tempfile.mkdtemp(prefix="door_eval_state_")),
-                     liveness=LivenessConfig(blink=False, instrument=False, motion=False))
-    pipeline = Pipeline(config)
+    pipeline = eval_pipeline(args, "door_eval_state_")
+    config = pipeline.config
     rng = np.random.default_rng(args.seed)
     people = read_people(args.people)
     photos = {q: sorted(f"{q}/{f.name}" for f in (args.data / q).glob("*.jpg")) for q in people}

@@ -22,20 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from accessd.align import context_crop
-from accessd.config import LivenessConfig, load_config
 from accessd.decide import DecisionMaker, Thresholds, score_faces
 from accessd.gallery import NEGATIVES_DIR, Gallery
 from accessd.imageio import read_image
 from accessd.pipeline import Pipeline
 from accessd.types import Face, Floats, Image, Outcome
-from train.door_eval import draw, held_photo_frames, people_test_parser, read_people
+from train.door_eval import attempt_args, draw, eval_pipeline, held_photo_frames, people_test_parser, read_people
 
 Frame = tuple[list[Face], Floats | None, Floats | None, Floats | None]  # face, scores, templates, negatives
 
@@ -98,24 +97,13 @@ def summary(attempts: list[Attempt], outcomes: list[tuple[str | None, int | None
 
 def main(argv: list[str] | None = None) -> int:
     p = people_test_parser(__doc__)
-    p.add_argument("--config", type=Path, default=Path("config.yaml"))
-    p.add_argument("--enrol", type=int, default=3)
-    p.add_argument("--probes", type=int, default=5)
-    p.add_argument("--gallery-people", type=int, default=20)
-    p.add_argument("--strangers", type=int, default=250)
-    p.add_argument("--seconds", type=float, default=1.5)
-    p.add_argument("--fps", type=float, default=10.0)
-    p.add_argument("--draws", type=int, default=1)
+    attempt_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mark-near", action="store_true", help="also mark strangers verified in a frame, not let in")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    config = load_config(args.config) if args.config.is_file() else load_config(None)
-    config = replace(config, model=replace(config.model, path=args.model.resolve()),
-                     state_dir=Path(tempfile.mkdtemp(prefix="negatives_eval_state_")),
-                     liveness=LivenessConfig(blink=False, instrument=False, motion=False))
-    pipeline = Pipeline(config)
+    pipeline = eval_pipeline(args, "negatives_eval_state_")
     t = pipeline.thresholds
     rng = np.random.default_rng(args.seed)
     photos = {q: sorted(f"{q}/{f.name}" for f in (args.data / q).glob("*.jpg")) for q in read_people(args.people)}
