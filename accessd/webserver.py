@@ -39,5 +39,18 @@ class WebServer:
         from waitress import wasyncore
 
         self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
-        wasyncore.close_all(self._server._map)
+        if not self._thread.is_alive():
+            wasyncore.close_all(self._server._map)
+            return
+        # Closed on the server's own thread (its trigger runs the call there): closing the sockets from
+        # here while it sat in select() made it fail with EBADF, a traceback at every console stop.
+        closed = threading.Event()
+
+        def close_all() -> None:
+            wasyncore.close_all(self._server._map)
+            closed.set()
+
+        self._server.trigger.pull_trigger(close_all)
+        if not closed.wait(3):
+            wasyncore.close_all(self._server._map)
         self._thread.join(timeout=3)
