@@ -203,8 +203,8 @@ class RuleBook:
             else:
                 # Never read well: nothing to keep. The file says the person is restricted somehow, and
                 # which way is unknown: refused at every door until it is fixed (defaults err on deny).
-                read[folder.name] = _Read((0, 0, 0), PersonRules(doors=frozenset()))
                 problem += "; refused at every door until it is fixed"
+                read[folder.name] = _Read((0, 0, 0), PersonRules(problem=problem))
             problems[folder.name] = problem
             if self.problems.get(folder.name) != problem:
                 log.error("rules refused: %s", problem)

@@ -254,11 +254,15 @@ class PersonRules:
     doors: frozenset[str] | None = None  # None: every door
     second_factor: bool = False  # a code with every face, at every hour
     code_hash: str | None = None  # accessd/codes.py; the code itself is never stored
+    # Set when the person's file has never been read well: they are refused until it is fixed (their
+    # rules restrict them somehow, and which way is unknown; defaults err on deny).
+    problem: str = ""
 
 
 class Refusal(enum.Enum):
     """Why a verified person was not let in; the value goes into records, hooks and MQTT."""
 
+    RULES_UNREADABLE = "rules_unreadable"
     WRONG_DOOR = "not_allowed_at_door"
     NOT_YET_VALID = "pass_not_yet_valid"
     EXPIRED = "pass_expired"
@@ -292,6 +296,8 @@ def judge(rules: PersonRules, policy: Policy, door: str, now: dt.datetime) -> Ve
         raise ValueError("judge() needs an aware datetime")
     local = policy.local(now)
     stamp = local.strftime("%a %Y-%m-%d %H:%M %Z").lower()
+    if rules.problem:
+        return Verdict(Refusal.RULES_UNREADABLE, rules.problem)
     if rules.doors is not None and door not in rules.doors:
         return Verdict(Refusal.WRONG_DOOR, f"allowed at {', '.join(sorted(rules.doors)) or 'no door'}")
     if rules.valid_from is not None and now < rules.valid_from.start(policy.tz):

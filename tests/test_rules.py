@@ -222,7 +222,8 @@ def test_a_bad_rules_file_keeps_the_previous_rules(tmp_path: Path) -> None:
     assert any("ann/person.yaml: windows[0]" in p and "keeping the previous rules" in p for p in problems)
     assert any("cy/person.yaml: valid_until" in p and "refused at every door" in p for p in problems)
     assert book.get("ann").windows.text == ("tue 18:00-20:00",)  # kept
-    assert not judge(book.get("cy"), Policy(), "front", at("2026-12-01T12:00")).allowed  # deny until fixed
+    refused = judge(book.get("cy"), Policy(), "front", at("2026-12-01T12:00"))  # deny until fixed
+    assert refused.refusal is Refusal.RULES_UNREADABLE and "cy/person.yaml: valid_until" in refused.detail
     (tmp_path / "ann" / "person.yaml").write_text("windows: [wed 18:00-20:00]\n")
     (tmp_path / "cy" / "person.yaml").unlink()
     assert book.refresh() == []
