@@ -538,6 +538,14 @@ class Daemon:
             return refused(decision, verdict.refusal, verdict.detail)
         if not verdict.second_factor:
             return replace(decision, extra={**decision.extra, "factor": "face"})
+        waiting = door.second.waiting_for
+        if waiting is not None and waiting != person:
+            # Someone else verified while a face waited for its code: that attempt ends, on the record.
+            gone = door.second.give_up()
+            if gone is not None:
+                g, g_crop = gone.payload or (decision, None)
+                self._act(door, refused(g, Refusal.SECOND_FACTOR_MISSING, f"no code before {person} came"),
+                          g_crop)
         result = door.second.face(person, rules.code_hash, now.timestamp(), (decision, crop))
         made = self._second_factor(door, result, now)
         return made[0] if made is not None else None

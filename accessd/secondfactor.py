@@ -96,6 +96,11 @@ class SecondFactor(Generic[P]):
             return Result(Step.MISSING, waiting.person, waiting.payload)
         return None
 
+    def give_up(self) -> Result[P] | None:
+        """MISSING for the face waiting now (another verified face took its place at the door), or None."""
+        waiting, self._face = self._face, None
+        return Result(Step.MISSING, waiting.person, waiting.payload) if waiting is not None else None
+
     def reset(self) -> None:
         """Forget a waiting face and code (the door's face unlock was switched, the door reloaded)."""
         self._face, self._code = None, None

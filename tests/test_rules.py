@@ -257,6 +257,9 @@ def test_second_factor_code_after_face_before_face_wrong_and_locked() -> None:
     assert sf.code("2468", 504.0).step is Step.LOCKED  # even the right code, during the lockout
     assert sf.face("ann", h, 600.0, "face6").step is Step.LOCKED
     assert sf.face("ann", h, 804.0, "face7").step is Step.WAIT  # lockout over
+    gave_up = sf.give_up()
+    assert gave_up is not None and (gave_up.step, gave_up.person, gave_up.payload) == (Step.MISSING, "ann", "face7")
+    assert sf.give_up() is None and sf.waiting_for is None
     fresh: SecondFactor[str] = SecondFactor(30, 3, 300)
     fresh.carry_over(sf)
     assert fresh.code("9999", 805.0).step is Step.WAIT  # no face waiting on the new one; count carried
