@@ -106,8 +106,10 @@ class SecondFactor(Generic[P]):
         self._face, self._code = None, None
 
     def carry_over(self, old: SecondFactor[P]) -> None:
-        """Keep the wrong codes and a lockout across a reload: reloading must not reset the count."""
+        """Keep the wrong codes, a lockout and a waiting face across a reload: reloading must not reset the
+        count, nor lose an attempt (it ends by its own deadline, as set when it began)."""
         self._wrong, self._locked_until = deque(old._wrong), old._locked_until
+        self._face, self._code = old._face, old._code
 
     def _judge(self, code: str, now: float) -> Result[P]:
         waiting = self._face

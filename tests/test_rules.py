@@ -230,8 +230,11 @@ def test_a_bad_rules_file_keeps_the_previous_rules(tmp_path: Path) -> None:
     assert book.get("ann").windows.text == ("wed 18:00-20:00",) and book.get("cy") == PersonRules()
 
 
+CODE_ANN = "2468"
+
+
 def test_second_factor_code_after_face_before_face_wrong_and_locked() -> None:
-    h = hash_code("2468")
+    h = hash_code(CODE_ANN)
     sf: SecondFactor[str] = SecondFactor(window_s=30, attempts=3, lockout_s=300)
     assert sf.face("ann", h, 100.0, "face1").step is Step.WAIT and sf.waiting_for == "ann"
     wrong = sf.code("1357", 110.0)
@@ -262,4 +265,8 @@ def test_second_factor_code_after_face_before_face_wrong_and_locked() -> None:
     assert sf.give_up() is None and sf.waiting_for is None
     fresh: SecondFactor[str] = SecondFactor(30, 3, 300)
     fresh.carry_over(sf)
-    assert fresh.code("9999", 805.0).step is Step.WAIT  # no face waiting on the new one; count carried
+    assert fresh.code("9999", 805.0).step is Step.WAIT  # a code first, carried; then the face
+    carried: SecondFactor[str] = SecondFactor(30, 3, 300)
+    sf.face("ann", h, 900.0, "face8")
+    carried.carry_over(sf)
+    assert carried.waiting_for == "ann" and carried.code(CODE_ANN, 901.0).step is Step.GRANT
