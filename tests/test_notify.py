@@ -128,3 +128,68 @@ def test_live_daemon_ready_watchdog_reload_and_stop(tmp_path: Path, tiny_model: 
     assert "WATCHDOG=1" in messages and "RELOADING=1" in messages
     assert any(m.startswith("STATUS=") and "frames/s" in m for m in messages[1:])
     assert messages[-1] == "STOPPING=1"
+
+
+LATE_S = 60.0  # the camera enumerates this long after the service started
+
+
+def test_the_unit_survives_a_camera_that_appears_a_minute_late(tmp_path: Path, trained_model: Path,
+                                                               notify_socket: tuple[socket.socket, str]) -> None:
+    """As systemd runs it (Type=notify, the unit's WatchdogSec): READY at once, watchdog pings all through a
+    minute without the camera (so systemd never kills it), no exit (so Restart= never gives up), and the
+    camera's face is judged once it appears."""
+    import uuid
+
+    from tests.test_daemon import audit, write_video
+    from tests.test_systemd import _unit_settings
+
+    watchdog_s = float(_unit_settings()["WatchdogSec"][0])
+    sock, path = notify_socket
+    received: list[tuple[float, str]] = []
+    reading = threading.Event()
+
+    def read() -> None:
+        while not reading.is_set():
+            received.extend((time.monotonic(), m) for m in drain(sock))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    gallery = tmp_path / "g"
+    enrol(gallery, PERSON, photos(PERSON)[:5])
+    video = tmp_path / "late.avi"
+    write_video(video, [photos(PERSON)[10:14]], 75)  # 300 frames: read as a camera, at the door's pace
+    camera = Path("/dev/shm") / f"accessd-late-{uuid.uuid4().hex}.avi"  # a /dev path: a camera, not a file
+    cfg = write_config(tmp_path / "config.yaml", trained_model, gallery={"dir": str(gallery)},
+                       audit={"path": str(tmp_path / "a.jsonl")},
+                       source={"uri": str(camera), "reconnect_initial_s": 0.5, "reconnect_max_s": 5.0})
+    stderr = tmp_path / "stderr.log"
+    env = {**os.environ, "ACCESSD_SHARED": str(SHARED), "NOTIFY_SOCKET": path,
+           "WATCHDOG_USEC": str(int(watchdog_s * 1e6))}
+    with stderr.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "accessd", "run", "--config", str(cfg)], cwd=REPO,
+                                stderr=err, env=env)
+    try:
+        wait_for(stderr, "running on")
+        started = time.monotonic()
+        while time.monotonic() - started < LATE_S:
+            assert proc.poll() is None, stderr.read_text()[-3000:]
+            time.sleep(1.0)
+        os.symlink(video, camera)
+        wait_for(stderr, "decision=grant", timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        proc.kill()
+        camera.unlink(missing_ok=True)
+        reading.set()
+        reader.join(timeout=5)
+    messages = received + [(time.monotonic(), m) for m in drain(sock)]
+    assert messages[0][1].startswith("READY=1")
+    pings = [t for t, m in messages if m == "WATCHDOG=1"]
+    gaps = [b - a for a, b in zip([messages[0][0], *pings], pings, strict=False)]
+    # Pinged every half WatchdogSec (as systemd advises), through the minute without a camera: systemd,
+    # which kills the service after a whole WatchdogSec without one, never had cause to.
+    assert pings and pings[-1] - messages[0][0] > LATE_S and max(gaps) < 0.6 * watchdog_s, (len(pings), max(gaps))
+    assert [r["person"] for r in audit(tmp_path / "a.jsonl") if r["decision"] == "grant"] == [PERSON]
+    log = stderr.read_text()
+    assert f"source {camera}: cannot open; retrying" in log and "Traceback" not in log
