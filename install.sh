@@ -34,10 +34,18 @@ fi
 .venv/bin/python -m pip install --quiet --no-deps -e .
 # Home Assistant as a real MQTT-discovery client for one test, in a venv of its own (its pins clash with
 # ours). Not fatal: without it that test is skipped, saying why. ACCESSD_NO_HA=1 skips this step.
-if [ -z "$DOOR_ONLY" ] && [ -z "${ACCESSD_NO_HA:-}" ] && [ ! -x .venv-ha/bin/hass ]; then
+# Reinstalled when requirements-ha.txt changed (a copy is kept in the venv); pip's chatter goes to a log.
+if [ -z "$DOOR_ONLY" ] && [ -z "${ACCESSD_NO_HA:-}" ] && ! cmp -s requirements-ha.txt .venv-ha/requirements-ha.txt; then
     echo "installing Home Assistant for its test (requirements-ha.txt, in .venv-ha)"
-    { "$PYTHON" -m venv .venv-ha && .venv-ha/bin/python -m pip install --quiet -r requirements-ha.txt; } ||
-        { echo "warning: Home Assistant not installed; its test will be skipped" >&2; rm -rf .venv-ha; }
+    rm -rf .venv-ha
+    if "$PYTHON" -m venv .venv-ha && .venv-ha/bin/python -m pip install --quiet -r requirements-ha.txt \
+            >.venv-ha/pip.log 2>&1; then
+        cp requirements-ha.txt .venv-ha/requirements-ha.txt
+    else
+        tail -5 .venv-ha/pip.log >&2 || true
+        echo "warning: Home Assistant not installed; its test will be skipped" >&2
+        rm -rf .venv-ha
+    fi
 fi
 .venv/bin/python -m accessd.provision --dest models/detector
 echo "installed: .venv/bin/accessd"
