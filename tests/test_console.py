@@ -21,7 +21,7 @@ import requests
 
 from accessd.bench import bench_frame
 from accessd.imageio import read_image
-from tests.conftest import REPO, SHARED, LoopbackServer, QuietHandler, free_port
+from tests.conftest import REPO, SHARED, LoopbackServer, QuietHandler, free_port, terminate
 from tests.test_daemon import OTHER_ENROLLED, PERSON, enrol, photos, write_config
 from tests.test_imageio import png_claiming
 
@@ -133,11 +133,9 @@ class Door:
         return "".join([line for line in self.stderr if "decision=deny" not in line][-n:])
 
     def close(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout=30)
+            terminate(self.proc)
         finally:
-            self.proc.kill()
             self.camera.close()
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import REPO, SHARED, free_port
+from tests.conftest import REPO, SHARED, free_port, terminate
 from tests.test_console import ShowCamera
 from tests.test_daemon import PERSON, audit, enrol, photos, write_config
 from tests.test_mqtt import MOSQUITTO, Broker, start_broker
@@ -88,11 +88,7 @@ class HomeAssistant:
         return found[0]
 
     def close(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        finally:
-            self.proc.kill()
+        terminate(self.proc)
 
 
 @pytest.fixture
