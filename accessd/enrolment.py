@@ -28,8 +28,9 @@ from accessd.audit import AuditLog
 from accessd.codes import CodeError, hash_code
 from accessd.gallery import NEGATIVES_DIR
 from accessd.imageio import IMAGE_SUFFIXES, decode_image
-from accessd.personfile import RULES_FILE, parse_rules, read_rules, rules_data, write_atomic, write_rules
+from accessd.personfile import RULES_FILE, parse_rules, read_rules, rules_data, write_rules
 from accessd.rules import PersonRules, RulesError
+from accessd.statefile import write_atomic
 from accessd.types import Image
 
 log = logging.getLogger(__name__)

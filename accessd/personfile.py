@@ -20,10 +20,7 @@ or the new one, never half of one.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +31,7 @@ import yaml
 from accessd.codes import valid_hash
 from accessd.config import DOOR_NAME, YamlLoader
 from accessd.rules import ANY_TIME, PersonRules, RulesError, parse_moment, parse_week
+from accessd.statefile import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -121,28 +119,6 @@ def write_rules(folder: Path, rules: PersonRules) -> Path:
     text = yaml.safe_dump(rules_data(rules), sort_keys=False, allow_unicode=True, width=200)
     write_atomic(path, text.encode())
     return path
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """`data` at `path`, all or nothing: a hidden temporary file (the watcher and scanner skip it),
-    fsynced, renamed over the old one, and the folder fsynced so the rename itself lasts."""
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-    try:
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    with contextlib.suppress(OSError):
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @dataclass(frozen=True)
