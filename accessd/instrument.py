@@ -30,14 +30,18 @@ from accessd.types import Face, Image
 
 @dataclass(frozen=True)
 class FrameRule:
-    region: float = 4.4  # look this many face sizes around the face's centre ...
+    region: float = 6.0  # look this many face sizes around the face's centre ...
     max_gap: float = 1.8  # ... for edges at most this many face sizes out from the face box
+    # ... and below it this many: a picture shows shoulders, so its bottom edge lies further out
+    # (phones replaying the clip from its downward glance, the face small and high on the screen,
+    # showed it 1.8-2.4 sizes down; with 1.8 two replays of 100 got in on three sides).
+    max_gap_below: float = 2.5
     min_span: float = 0.75  # the edges on a side must run along at least this much of the face's extent ...
     min_segment: float = 0.4  # ... in straight pieces at least this long (in face sizes)
     max_tilt_deg: float = 25.0  # and lie within this of the face's own axes
     sides: int = 4  # all four sides closed off: a picture (three let 0.6 % of LFW photos through)
     canny: tuple[int, int] = (80, 200)  # (60, 160) let 0.16 % of LFW through, this 6 of those 21
-    work_px: int = 320  # the region is resized to about this, so the cost is the same at any face size
+    work_px: int = 440  # the region is resized to about this, so the cost is the same at any face size
 
 
 def picture_frame(image: Image, face: Face, rule: FrameRule | None = None) -> str | None:
@@ -74,7 +78,7 @@ def frame_sides(image: Image, face: Face, rule: FrameRule) -> set[str]:
                             minLineLength=int(rule.min_segment * f), maxLineGap=max(2, int(0.1 * f)))
     if lines is None:
         return set()
-    gap = rule.max_gap * f
+    gap, gap_below = rule.max_gap * f, rule.max_gap_below * f
     tilt = math.tan(math.radians(rule.max_tilt_deg))
     # Per side, the stretch of the face's extent that straight edges there run alongside: a
     # picture's edge is often found in pieces (glare, a thumb, a bend), so pieces add up.
@@ -83,7 +87,7 @@ def frame_sides(image: Image, face: Face, rule: FrameRule) -> set[str]:
         dx, dy = abs(bx - ax), abs(by - ay)
         if dy <= tilt * dx:  # horizontal: above or below the face
             y = (ay + by) / 2
-            side = "top" if y0 - gap <= y < y0 else "bottom" if y1 < y <= y1 + gap else None
+            side = "top" if y0 - gap <= y < y0 else "bottom" if y1 < y <= y1 + gap_below else None
             span = (max(min(ax, bx), x0), min(max(ax, bx), x1))
         elif dx <= tilt * dy:  # vertical: left or right of the face
             x = (ax + bx) / 2

@@ -95,6 +95,23 @@ def test_the_instrument_check_finds_a_pictures_frame(clip: list[tuple[Image, Fac
     assert all(f.startswith("instrument: straight edges around the face on ") for f in found if f)
 
 
+def test_a_phone_replaying_the_clip_from_its_glance_is_framed_though_its_bottom_edge_lies_far_below(
+        clip: list[tuple[Image, Face]]) -> None:
+    """From frame 233 the speaker looks down: her face sits small and high on the phone's screen and
+    the bezel's bottom edge lies 1.8-2.4 face sizes below it. Two replays of 100 got in that way (the
+    rule looked 1.8 sizes out on every side, and saw three sides); it now looks further down."""
+    from train.spoof_attacks import ClipFrame, attack
+
+    frames = [ClipFrame(image, face) for image, face in clip]
+    found = []
+    with FaceDetector(model_path(DETECTORS, "full_range"), 0.5) as det:
+        for image in attack("phone_video", frames, 150, 233, 30, 10.0, np.random.default_rng(3))[::3]:
+            faces = det.detect(image)
+            assert faces
+            found.append(picture_frame(image, max(faces, key=lambda f: f.area)))
+    assert sum(1 for f in found if f) >= 9, found
+
+
 def test_a_mesh_without_its_contract_is_refused(tmp_path: Path) -> None:
     import onnx
 
