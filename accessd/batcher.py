@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from accessd.model import FaceCrops, stack
+from accessd.model import FaceCrops, Scored, stack
 from accessd.types import Floats
 
 log = logging.getLogger(__name__)
 
-Run = Callable[[list[FaceCrops], Floats], Floats]  # crops, targets -> scores (faces x targets)
+Run = Callable[[list[FaceCrops], Floats], Scored]  # crops, targets -> the model's run on them
 
 
 class BatcherClosed(RuntimeError):
@@ -34,7 +34,7 @@ class _Request:
     crops: list[FaceCrops]
     targets: Floats
     done: threading.Event = field(default_factory=threading.Event)
-    scores: Floats | None = None
+    scored: Scored | None = None
     error: BaseException | None = None
 
 
@@ -49,8 +49,8 @@ class Batcher:
         self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
         self._thread.start()
 
-    def score(self, crops: list[FaceCrops], targets: Floats) -> Floats:
-        """Scores of `crops` against `targets` (faces x targets), in a run shared with other doors.
+    def score(self, crops: list[FaceCrops], targets: Floats) -> Scored:
+        """`crops` scored against `targets` (faces x targets), in a run shared with other doors.
 
         Raises what the run raised, or BatcherClosed once the batcher is closed.
         """
@@ -63,8 +63,8 @@ class Batcher:
         request.done.wait()
         if request.error is not None:
             raise request.error
-        assert request.scores is not None
-        return request.scores
+        assert request.scored is not None
+        return request.scored
 
     def _loop(self) -> None:
         while True:
@@ -81,7 +81,7 @@ class Batcher:
 
     def _serve(self, batch: list[_Request], targets: Floats) -> None:
         try:
-            scores = self._run([c for r in batch for c in r.crops], targets)
+            scored = self._run([c for r in batch for c in r.crops], targets)
         except Exception as exc:  # noqa: BLE001  # re-raised on each door's own thread, which fails closed
             for r in batch:
                 r.error = exc
@@ -91,7 +91,7 @@ class Batcher:
         self.served += len(batch)
         row = 0
         for r in batch:
-            r.scores = scores[row: row + len(r.crops)]
+            r.scored = scored.rows(row, row + len(r.crops))
             row += len(r.crops)
             r.done.set()
 
@@ -103,11 +103,10 @@ class Batcher:
         self._thread.join(timeout=10.0)
 
 
-def model_run(embed_and_score: Callable[..., tuple[Floats, Floats]]) -> Run:
-    """The Run for a SiameseModel's `embed_and_score`."""
+def model_run(score: Callable[[tuple[np.ndarray, ...], Floats], Scored]) -> Run:
+    """The Run for a SiameseModel's `score`."""
 
-    def run(crops: list[FaceCrops], targets: Floats) -> Floats:
-        _, scores = embed_and_score(stack(crops), targets)
-        return np.asarray(scores)
+    def run(crops: list[FaceCrops], targets: Floats) -> Scored:
+        return score(stack(crops), targets)
 
     return run

@@ -134,6 +134,11 @@ class DecisionConfig:
     # door attempt on held-out people (train/README.md): 88 % of genuine attempts, no
     # stranger in 2,400; without it 0.6 let one in, and 0.65 alone granted 84 %.
     template_threshold: float | None = _in(0.65, 0.0, 1.0)
+    # ... and the person's score must stand out from what the face scores against the model's
+    # cohort of strangers (accessd/decide.py, cohort_z): this many spreads above its mean;
+    # null: the model's (chosen per attempt on held-out people). Off for a model without a cohort.
+    cohort_check: bool = True
+    cohort_threshold: float | None = _in(None, 0.0, 20.0)
     confirm_frames: int = _in(3, 1, 100)  # K: frames that must agree ...
     confirm_window: int = _in(5, 1, 100)  # ... among the last N frames with a face ...
     # ... all seen within this long: after a camera stall or a gap in the frames, nothing

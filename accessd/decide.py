@@ -43,6 +43,9 @@ class Thresholds:
     margin: float
     score_margin: float  # log-odds the best person's quorum score must beat every other person's by
     template: float | None = None  # the face must also score above this against the person's template
+    # ... and the person's quorum score must lie this many spreads above the face's own cohort
+    # mean (`cohort_z`); None: no cohort check.
+    cohort: float | None = None
 
 
 def log_odds(score: float) -> float:
@@ -50,8 +53,15 @@ def log_odds(score: float) -> float:
     return math.log(p / (1.0 - p))
 
 
+def cohort_z(quorum: float, stats: Floats) -> float:
+    """How far a person's quorum score (a probability) lies above what this face scores against
+    strangers: log-odds minus the mean of its k highest cohort log-odds, over their spread."""
+    return (log_odds(quorum) - float(stats[0])) / max(float(stats[1]), 1e-3)
+
+
 def score_faces(faces: list[Face], scores: Floats, gallery: Gallery, t: Thresholds,
-                template_scores: Floats | None = None, negative_scores: Floats | None = None) -> list[FaceResult]:
+                template_scores: Floats | None = None, negative_scores: Floats | None = None,
+                cohort: Floats | None = None) -> list[FaceResult]:
     """One FaceResult per face from its row of pair scores against the whole gallery.
 
     With `t.template` set, a verified person must also pass it against their
@@ -64,12 +74,22 @@ def score_faces(faces: list[Face], scores: Floats, gallery: Gallery, t: Threshol
     `negative_scores` (faces x the gallery's negative examples) refuse a verified
     person when the face scores higher against one of the faces marked "not
     them" than against any of their own photos.
+
+    With `t.cohort` set, `cohort` (faces x 2, the model's run against its cohort of
+    training strangers) must show the person's quorum score `t.cohort` spreads above
+    the face's k best stranger scores (test normalisation). A stranger who resembles
+    many faces (pale, bald, glasses, the same pose) scores high against an enrolled
+    look-alike and against the cohort alike; a genuine face stands out. The chance
+    of a stranger standing out that far hardly grows with the people enrolled, where
+    a fixed threshold's grows with each one (docs/model.md).
     """
     results = []
     n_people = len(gallery.people)
     photos = gallery.photo_counts
     if t.template is not None and n_people > 0 and template_scores is None:
         raise ValueError("thresholds name a template threshold but no template scores were given")
+    if t.cohort is not None and n_people > 0 and cohort is None:
+        raise ValueError("thresholds name a cohort threshold but no cohort statistics were given")
     for i, (face, row) in enumerate(zip(faces, scores, strict=True)):
         if n_people == 0:
             results.append(FaceResult(face, (), None))
@@ -89,6 +109,8 @@ def score_faces(faces: list[Face], scores: Floats, gallery: Gallery, t: Threshol
         verified = best.ratio > t.verification
         if verified and t.template is not None and template_scores is not None:
             verified = bool(template_scores[i, top] > t.template)
+        if verified and t.cohort is not None and cohort is not None:
+            verified = cohort_z(best.quorum, cohort[i]) > t.cohort
         rival = not_person = None
         if verified and negative_scores is not None and len(gallery.negative_of):
             marked = negative_scores[i][gallery.negative_of == top]

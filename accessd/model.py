@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 CONTRACT_KEY = "accessd.contract"
 INPUTS = ("image", "gallery")
 OUTPUTS = ("embedding", "scores")
+COHORT_OUTPUT = "cohort"  # a model with a cohort (`Contract.cohort_threshold`) adds it: see `Scored.cohort`
 # A two-tower model adds the second tower's crop and the cascade's gate (see `Contract.cascade_gate`).
 SECOND_INPUTS = ("image2", "gate")
 ALWAYS = -1.0  # a gate that runs every tower on every face: enrolment, and `accessd bench --no-cascade`
@@ -38,6 +39,21 @@ Batches = tuple[npt.NDArray[np.uint8], ...]
 
 class ModelError(RuntimeError):
     """A model file that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One model run: per face its embedding, its pair scores against the gallery rows and, when
+    the model carries a cohort, the mean and spread of its k highest log-odds against the cohort
+    (N x 2): how high this face scores against strangers, whoever it is."""
+
+    embeddings: Floats
+    scores: Floats
+    cohort: Floats | None = None
+
+    def rows(self, start: int, stop: int) -> Scored:
+        return Scored(self.embeddings[start:stop], self.scores[start:stop],
+                      None if self.cohort is None else self.cohort[start:stop])
 
 
 @dataclass(frozen=True)
@@ -93,6 +109,9 @@ class Contract:
     # it no face can be granted (export proves it), so nothing is lost but work.
     cascade_gate: float
     raw: dict[str, Any]
+    # A fused model may carry a cohort of training strangers every face is also scored against
+    # (accessd/decide.py, the cohort check); this is the check's default threshold, None without one.
+    cohort_threshold: float | None = None
 
     @classmethod
     def parse(cls, text: str, where: str) -> Contract:
@@ -112,6 +131,7 @@ class Contract:
                 weights_sha256=str(d["weights_sha256"]),
                 cascade_gate=float(d.get("cascade_gate", ALWAYS)),
                 raw=d,
+                cohort_threshold=float(d["cohort"]["threshold"]) if "cohort" in d else None,
             )
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise ModelError(f"{where}: metadata {CONTRACT_KEY} is incomplete or malformed ({exc!r})") from exc
@@ -194,11 +214,13 @@ class SiameseModel:
         inputs = {i.name: i.shape for i in self._session.get_inputs()}
         outputs = {o.name for o in self._session.get_outputs()}
         wanted = INPUTS + (SECOND_INPUTS if len(self.contract.towers) > 1 else ())
-        if set(wanted) != inputs.keys() or set(OUTPUTS) - outputs:
+        expected = OUTPUTS + ((COHORT_OUTPUT,) if self.contract.cohort_threshold is not None else ())
+        if set(wanted) != inputs.keys() or set(expected) - outputs:
             raise ModelError(
-                f"model {self.path}: expected inputs {wanted} and outputs {OUTPUTS}, "
+                f"model {self.path}: expected inputs {wanted} and outputs {expected}, "
                 f"got {sorted(inputs)} and {sorted(outputs)}"
             )
+        self._outputs = list(expected)
         for name, tower in zip(("image", "image2"), self.contract.towers, strict=False):
             h, w = tower.input_size
             shape = inputs[name]
@@ -235,6 +257,11 @@ class SiameseModel:
 
         A fused model's second-tower columns are zero when the cascade left it out.
         """
+        run = self.score(crops, gallery, gate)
+        return run.embeddings, run.scores
+
+    def score(self, crops: Batches | npt.NDArray[np.uint8], gallery: Floats, gate: float | None = None) -> Scored:
+        """`embed_and_score`, with the faces' cohort statistics when the model has a cohort."""
         batches = self.batches(crops)
         n = len(batches[0])
         empty = len(gallery) == 0
@@ -244,8 +271,8 @@ class SiameseModel:
         if len(batches) > 1:
             feeds["image2"] = self.preprocess(batches[1], 1)
             feeds["gate"] = np.asarray(self.gate if gate is None else gate, np.float32)
-        emb, scores = self._session.run(list(OUTPUTS), feeds)
-        return emb, (np.zeros((n, 0), np.float32) if empty else scores)
+        emb, scores, *cohort = self._session.run(self._outputs, feeds)
+        return Scored(emb, np.zeros((n, 0), np.float32) if empty else scores, cohort[0] if cohort else None)
 
     def embed(self, crops: Batches | npt.NDArray[np.uint8], batch: int = 64) -> Floats:
         """Gallery rows: every tower's embedding, whatever the cascade would do."""

@@ -20,7 +20,7 @@ from accessd.imageio import ImageError, read_image
 from accessd.instrument import picture_frame
 from accessd.landmarks import FaceMesh
 from accessd.liveness import eye_aspect_ratio
-from accessd.model import FaceCrops, SiameseModel, stack
+from accessd.model import FaceCrops, ModelError, Scored, SiameseModel, stack
 from accessd.provision import model_path
 from accessd.types import Face, FaceResult, Floats, Image
 
@@ -38,6 +38,7 @@ class FrameAnalysis:
     scores: Floats | None = None  # faces x gallery photos pair scores (None without faces)
     template_scores: Floats | None = None  # faces x people: scores against each person's template
     negative_scores: Floats | None = None  # faces x faces marked "not this person" (None without any)
+    cohort: Floats | None = None  # faces x 2: the model's cohort statistics (None without a cohort)
 
 
 class Pipeline:
@@ -70,12 +71,22 @@ class Pipeline:
 
     def _thresholds(self, config: Config) -> Thresholds:
         d, c = config.decision, self.model.contract
+        cohort = None
+        if d.cohort_check:
+            if c.cohort_threshold is None:
+                if d.cohort_threshold is not None:
+                    raise ModelError(f"model {self.model.path}: has no cohort, so decision.cohort_threshold "
+                                     f"{d.cohort_threshold} cannot apply (set decision.cohort_check: false)")
+                log.info("model %s has no cohort: the cohort check is off", self.model.path.name)
+            else:
+                cohort = d.cohort_threshold if d.cohort_threshold is not None else c.cohort_threshold
         return Thresholds(
             detection=d.detection_threshold if d.detection_threshold is not None else c.detection_threshold,
             verification=d.verification_threshold,
             margin=d.margin,
             score_margin=d.score_margin,
             template=d.template_threshold,
+            cohort=cohort,
         )
 
     def retune(self, config: Config) -> None:
@@ -113,8 +124,8 @@ class Pipeline:
         """Faces, crops and results for one frame; template scores when the template check is on
         (or `with_templates`: door_eval sweeps the check's threshold). One caller at a time."""
 
-        def score(crops: list[FaceCrops], targets: Floats) -> Floats:
-            return self.model.embed_and_score(stack(crops), targets)[1]
+        def score(crops: list[FaceCrops], targets: Floats) -> Scored:
+            return self.model.score(stack(crops), targets)
 
         return self._analyse(image, gallery, self.detector, score, with_templates)
 
@@ -123,7 +134,7 @@ class Pipeline:
         shared with the other doors that have faces at the same moment (accessd/batcher.py)."""
         with self._door_lock:
             if self._batcher is None:
-                self._batcher = Batcher(model_run(self.model.embed_and_score))
+                self._batcher = Batcher(model_run(self.model.score))
             detector = self._door_detectors.get(door)
             if detector is None:
                 detector = self._door_detectors[door] = FaceDetector(self.detector.model_path,
@@ -147,16 +158,17 @@ class Pipeline:
             targets = gallery.photos_and_templates
         else:
             targets = gallery.photos_and_negatives if n else gallery.embeddings
-        both = score(crops, targets)
+        run = score(crops, targets)
+        both = run.scores
         scores, templates = both[:, :m], (both[:, m:m + p] if with_templates else None)
         negatives = both[:, both.shape[1] - n:] if n else None
-        results = score_faces(faces, scores, gallery, self.thresholds, templates, negatives)
+        results = score_faces(faces, scores, gallery, self.thresholds, templates, negatives, run.cohort)
         t2 = time.perf_counter()
         seconds = {"detect": t1 - t0, "embed": t2 - t1}
         if any(r.candidate is not None for r in results) and (self.mesh is not None or self.config.liveness.instrument):
             results = self.liveness_signals(image, results)
             seconds["liveness"] = time.perf_counter() - t2
-        return FrameAnalysis(faces, crops, results, seconds, scores, templates, negatives)
+        return FrameAnalysis(faces, crops, results, seconds, scores, templates, negatives, run.cohort)
 
     def liveness_signals(self, image: Image, results: list[FaceResult]) -> list[FaceResult]:
         """Verified faces with their eye aspect ratio (the face mesh) and the instrument check's finding.

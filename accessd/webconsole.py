@@ -64,6 +64,7 @@ def start_console(daemon: Daemon) -> WebServer | None:
         d = daemon.config.decision
         return {"detection_threshold": t.detection, "verification_threshold": t.verification,
                 "margin": t.margin, "score_margin": t.score_margin, "template_threshold": t.template,
+                "cohort_threshold": t.cohort,
                 "confirm_frames": d.confirm_frames,
                 "confirm_window": d.confirm_window, "lockout_denies": d.lockout_denies, "lockout_s": d.lockout_s,
                 **{f"liveness.{k}": v for k, v in vars(daemon.config.liveness).items() if k != "mesh_model"}}

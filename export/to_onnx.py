@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,47 @@ def to_onnx(model: Any, opset: int = 17) -> Any:
     return proto
 
 
-def fused_to_onnx(model: Any, second: Any, fusion: dict[str, Any], opset: int = 17) -> Any:
+@dataclass(frozen=True)
+class Cohort:
+    """Strangers every face is also scored against: embeddings (both towers) and how many of the
+    highest scores make the face's own statistics."""
+
+    embeddings: np.ndarray
+    k: int
+    contract: dict[str, Any]
+
+
+def cohort_of(model: Any, second: Any, specs: list[tuple[int, float, str]], size: int, k: int,
+              threshold: float, seed: int, state: dict[str, Any]) -> Cohort:
+    """One photo each of `size` training people, never a DevTest or a held-out (validation) person:
+    those choose and report thresholds, and a cohort made of them would score them as strangers."""
+    from accessd.align import CropSpec
+    from train.faces import prepare_towers
+    from train.import_faceres import preprocess
+    from train.pairs import load_pairs
+    from train.scoring import embed_numpy
+
+    shared = Path(os.environ.get("ACCESSD_SHARED", "../shared")) / "data"
+    root = shared / "lfw"
+    excluded = set(load_pairs(shared / "lfw-protocol/pairsDevTest.txt").people) | set(state["validation_people"])
+    people = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in excluded)
+    chosen = sorted(np.random.default_rng(seed).choice(people, size, replace=False).tolist())
+    sets = prepare_towers(root, Path("models/detector/face_detection_full_range_sparse.tflite"),
+                          [CropSpec(*spec) for spec in specs], Path("cache"), workers=1, only_people=chosen)
+    first = sorted({q: i for i, q in reversed(list(enumerate(sets[0].people)))}.values())
+    e1 = embed_numpy(model, sets[0].crops[first], batch=32)
+    crops2 = sets[1].crops[first]
+    e2 = np.concatenate([np.asarray(second(preprocess(crops2[i:i + 32]), training=False))
+                         for i in range(0, len(crops2), 32)])
+    log.info("cohort: %d photos of %d people drawn from %d training people", len(first), len(first), len(people))
+    return Cohort(np.concatenate([e1, e2], axis=1).astype(np.float32), k, {
+        "photos": len(first), "k": k, "threshold": threshold, "seed": seed,
+        "people_from": "LFW minus pairsDevTest.txt and the held-out validation people, one photo each",
+    })
+
+
+def fused_to_onnx(model: Any, second: Any, fusion: dict[str, Any], opset: int = 17,
+                  cohort: Cohort | None = None) -> Any:
     """Both towers and the fusion head in one graph, with the cascade (see the module docstring)."""
     import tensorflow as tf
     import tf2onnx
@@ -91,6 +132,9 @@ def fused_to_onnx(model: Any, second: Any, fusion: dict[str, Any], opset: int = 
     kernel_np, bias_np = head.get_weights()
     a, b, c = (float(fusion["fusion"][k]) for k in ("a", "b", "c"))
     stranger_cos2 = float(fusion["stranger_mean_cos2"])
+    if cohort is not None:
+        c1_np = cohort.embeddings[:, :d1]
+        c2_np = cohort.embeddings[:, d1:] / np.linalg.norm(cohort.embeddings[:, d1:], axis=1, keepdims=True)
 
     @tf.function(
         input_signature=[
@@ -119,12 +163,26 @@ def fused_to_onnx(model: Any, second: Any, fusion: dict[str, Any], opset: int = 
         cos2 = tf.where(need[:, None], tf.matmul(e2, g2n, transpose_b=True), stranger_cos2)
         scores = tf.sigmoid(a * logit1 + b * cos2 + c)
         emb = tf.concat([e1, e2], axis=1)
-        return {"embedding": tf.identity(emb, name="embedding"), "scores": tf.identity(scores, name="scores")}
+        out = {"embedding": tf.identity(emb, name="embedding"), "scores": tf.identity(scores, name="scores")}
+        if cohort is not None:
+            # The face against a fixed cohort of strangers (accessd/decide.py, cohort check): the
+            # mean and spread of its k highest log-odds. Outside the gate's max, so the cohort
+            # never makes the second tower run.
+            cdiff = tf.abs(e1[:, None, :] - tf.constant(c1_np)[None, :, :])
+            clogit1 = tf.tensordot(cdiff, tf.constant(kernel_np[:, 0]), axes=1) + tf.constant(bias_np[0])
+            ccos2 = tf.where(need[:, None], tf.matmul(e2, tf.constant(c2_np), transpose_b=True), stranger_cos2)
+            top = tf.math.top_k(a * clogit1 + b * ccos2 + c, k=cohort.k).values
+            mean = tf.reduce_mean(top, axis=1)
+            spread = tf.sqrt(tf.reduce_mean(tf.square(top - mean[:, None]), axis=1))
+            out["cohort"] = tf.identity(tf.stack([mean, spread], axis=1), name="cohort")
+        return out
 
     proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=opset)
     graph = proto.graph
     renames = dict(zip([i.name for i in graph.input], ["image", "gallery", "image2", "gate"], strict=True))
-    renames.update(zip([o.name for o in graph.output], ["embedding", "scores"], strict=True))
+    # tf.nest flattens a dict by sorted key: that is the graph outputs' order.
+    names = sorted(["embedding", "scores"] + (["cohort"] if cohort is not None else []))
+    renames.update(zip([o.name for o in graph.output], names, strict=True))
     _rename(proto, renames)
     return proto
 
@@ -226,7 +284,7 @@ def check_parity(model: Any, proto: Any, crops: np.ndarray) -> float:
 
 
 def check_fused_parity(model: Any, second: Any, fusion: dict[str, Any], proto: Any,
-                       crops: list[np.ndarray]) -> float:
+                       crops: list[np.ndarray], cohort: Cohort | None = None) -> float:
     """Max |Keras - ONNX Runtime| over embeddings and fused scores, the cascade open and shut."""
     import onnxruntime as ort
 
@@ -245,12 +303,24 @@ def check_fused_parity(model: Any, second: Any, fusion: dict[str, Any], proto: A
     a, b, c = (float(fusion["fusion"][k]) for k in ("a", "b", "c"))
     gallery = np.concatenate([e1, e2], axis=1)
     worst = 0.0
-    for gate, cos2, emb2 in ((-1.0, e2 @ e2.T, e2), (2.0, float(fusion["stranger_mean_cos2"]), np.zeros_like(e2))):
+    stranger = float(fusion["stranger_mean_cos2"])
+    outputs = ["embedding", "scores"] + (["cohort"] if cohort is not None else [])
+    for gate, cos2, emb2 in ((-1.0, e2 @ e2.T, e2), (2.0, stranger, np.zeros_like(e2))):
         ref_scores = 1.0 / (1.0 + np.exp(-(a * logit1 + b * cos2 + c)))
-        emb, scores = sess.run(["embedding", "scores"], {"image": x1, "gallery": gallery, "image2": x2,
-                                                         "gate": np.asarray(gate, np.float32)})
+        emb, scores, *rest = sess.run(outputs, {"image": x1, "gallery": gallery, "image2": x2,
+                                                "gate": np.asarray(gate, np.float32)})
         worst = max(worst, float(np.max(np.abs(emb - np.concatenate([e1, emb2], axis=1)))),
                     float(np.max(np.abs(scores - ref_scores))))
+        if cohort is not None:
+            d1 = e1.shape[1]
+            c1, c2 = cohort.embeddings[:, :d1], cohort.embeddings[:, d1:]
+            c2 = c2 / np.linalg.norm(c2, axis=1, keepdims=True)
+            ccos2 = e2 @ c2.T if gate < 0 else stranger
+            lo = a * (np.abs(e1[:, None] - c1[None]) @ kernel[:, 0] + bias[0]) + b * ccos2 + c
+            top = -np.sort(-lo, axis=1)[:, : cohort.k]
+            ref = np.stack([top.mean(axis=1), top.std(axis=1)], axis=1)
+            # Log-odds run to tens: compared relative to their size.
+            worst = max(worst, float(np.max(np.abs(rest[0] - ref) / np.maximum(1.0, np.abs(ref)))))
     return worst
 
 
@@ -269,6 +339,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="a second tower (train.import_faceres's Keras model): export the fused model")
     parser.add_argument("--fusion", type=Path, default=Path("runs/fused/fusion.json"),
                         help="with --second: the fusion head (train.fusion)")
+    parser.add_argument("--cohort", type=int, default=0,
+                        help="with --second: score every face against this many training strangers too "
+                             "(the cohort check; 0: none)")
+    parser.add_argument("--cohort-k", type=int, default=100,
+                        help="the face's k highest cohort scores make its statistics")
+    parser.add_argument("--cohort-threshold", type=float, default=4.0,
+                        help="the cohort check's default: how many spreads above the face's cohort mean a verified "
+                             "person's quorum score must lie (chosen per attempt on held-out people)")
+    parser.add_argument("--cohort-seed", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import keras
@@ -294,9 +373,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.detection_threshold is None:
             log.error("a fused model needs --detection-threshold (its score is not the first tower's)")
             return 1
-        proto = fused_to_onnx(model, second, fusion, args.opset)
         meta.update(fused_contract(model, second, fusion, args.detection_threshold, meta["validation"]))
         specs.append((meta["second"]["input_size"][0], meta["second"]["crop_margin"], meta["second"]["alignment"]))
+        cohort = None
+        if args.cohort:
+            cohort = cohort_of(model, second, specs, args.cohort, args.cohort_k, args.cohort_threshold,
+                               args.cohort_seed, state)
+            meta["cohort"] = cohort.contract
+        proto = fused_to_onnx(model, second, fusion, args.opset, cohort)
     else:
         proto = to_onnx(model, args.opset)
     entry = proto.metadata_props.add()
@@ -304,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     proto.producer_name = "accessd export/to_onnx.py"
     crops = parity_crops(specs)
     if args.second is not None:
-        diff = check_fused_parity(model, second, fusion, proto, crops)
+        diff = check_fused_parity(model, second, fusion, proto, crops, cohort)
     else:
         diff = check_parity(model, proto, crops[0])
     if not diff <= PARITY_TOLERANCE:

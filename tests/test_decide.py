@@ -3,9 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from accessd.config import DecisionConfig, LivenessConfig
-from accessd.decide import DecisionMaker, Thresholds, quorum_scores, score_faces
+from accessd.decide import DecisionMaker, Thresholds, cohort_z, quorum_scores, score_faces
 from accessd.gallery import Gallery, Photo
 from accessd.types import Face, FaceResult, Outcome, PersonScore
 
@@ -273,6 +274,26 @@ def test_template_check_refuses_a_vote_won_by_lucky_photos() -> None:
     # Without a template threshold the vote alone decides, as before.
     (off,) = score_faces([FACE], scores, g, Thresholds(0.5, 0.34, 0.2, 0.5))
     assert off.candidate == "ann"
+
+
+def test_cohort_check_refuses_a_face_that_scores_as_high_against_strangers() -> None:
+    """Two of ann's three photos match at 0.9 and 0.8 (log-odds 2.2 and 1.39; the quorum is the
+    second). A face whose best strangers reach that too is refused; one that stands out is not."""
+    g = gallery(["ann", "ann", "ann", "bob"])
+    scores = np.array([[0.9, 0.8, 0.05, 0.1]], np.float32)
+    t = Thresholds(detection=0.5, verification=0.34, margin=0.2, score_margin=0.5, cohort=4.0)
+    # Strangers' top scores average log-odds -1 with a spread of 0.5: the quorum lies 4.8 spreads above.
+    (stands_out,) = score_faces([FACE], scores, g, t, cohort=np.array([[-1.0, 0.5]], np.float32))
+    assert stands_out.candidate == "ann" and cohort_z(0.8, np.array([-1.0, 0.5])) == pytest.approx(4.77, abs=0.01)
+    # The same scores from a face that resembles every stranger (their best average 0.2): 2.4 spreads.
+    (hub,) = score_faces([FACE], scores, g, t, cohort=np.array([[0.2, 0.5]], np.float32))
+    assert hub.candidate is None and hub.best is not None and hub.best.person == "ann"
+    # No cohort threshold (a model without a cohort): the vote decides.
+    (off,) = score_faces([FACE], scores, g, Thresholds(0.5, 0.34, 0.2, 0.5), cohort=np.array([[0.2, 0.5]]))
+    assert off.candidate == "ann"
+    # A threshold with no statistics to apply it to is a caller's mistake, never a silent pass.
+    with pytest.raises(ValueError, match="cohort"):
+        score_faces([FACE], scores, g, t)
 
 
 def test_a_face_closer_to_one_marked_not_them_than_to_their_photos_is_refused() -> None:

@@ -145,3 +145,35 @@ def test_fused_model_needs_both_crops_and_the_cascade_skips_the_second_tower(tra
     assert np.all(biden_emb[:, 128:] == 0)
     _, biden_full = m.embed_and_score(stack(faces[2:]), gallery, gate=ALWAYS)
     assert biden_full[0, 0] < m.contract.detection_threshold
+
+
+def test_the_shipped_model_scores_every_face_against_its_cohort_of_training_strangers(trained_model: Path) -> None:
+    """obama3 enrolled: obama's quorum score stands far out from his own cohort scores, biden's does
+    not; the cohort never makes the second tower run (the gate looks at the gallery alone)."""
+    from accessd.align import crop_face, largest
+    from accessd.decide import cohort_z
+    from accessd.detector import FaceDetector
+    from accessd.imageio import read_image
+    from accessd.model import ALWAYS, stack
+    from tests.conftest import DETECTORS, SAMPLES
+
+    m = SiameseModel(trained_model)
+    c = m.contract
+    assert c.cohort_threshold is not None and c.raw["cohort"]["photos"] > 1000 and c.raw["cohort"]["k"] == 100
+    assert "DevTest" in c.raw["cohort"]["people_from"] or "pairsDevTest" in c.raw["cohort"]["people_from"]
+    faces = []
+    with FaceDetector(DETECTORS / "face_detection_full_range_sparse.tflite", 0.5) as det:
+        for name in ("obama.jpg", "obama3.jpg", "biden.jpg"):
+            image = read_image(SAMPLES / name)
+            face = largest(det.detect(image))
+            assert face is not None
+            faces.append(tuple(crop_face(image, face, spec) for spec in c.crops))
+    gallery = m.embed(stack(faces[1:2]))
+    obama = m.score(stack(faces[:1]), gallery)
+    biden = m.score(stack(faces[2:]), gallery, gate=ALWAYS)
+    assert obama.cohort is not None and biden.cohort is not None and obama.cohort.shape == (1, 2)
+    assert obama.cohort[0, 1] > 0  # a spread: k scores, not one
+    assert cohort_z(float(obama.scores[0, 0]), obama.cohort[0]) > c.cohort_threshold
+    assert cohort_z(float(biden.scores[0, 0]), biden.cohort[0]) < c.cohort_threshold
+    # Skipped by the cascade against this gallery, whatever the cohort holds.
+    assert np.all(m.score(stack(faces[2:]), gallery).embeddings[:, 128:] == 0)

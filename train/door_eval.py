@@ -45,16 +45,33 @@ from accessd.decide import DecisionMaker, Thresholds, score_faces
 from accessd.gallery import Gallery
 from accessd.imageio import read_image
 from accessd.pipeline import Pipeline
-from accessd.types import Face, Floats, Image, Outcome
+from accessd.types import Face, FaceResult, Floats, Image, Outcome
 from train.pairs import load_pairs
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One frame of an attempt as the pipeline saw it, kept to the held photo's face: its pair
+    scores and its scores against each person's template, the faces marked "not this person" and
+    the model's cohort (None where the frame had no face, the gallery no such faces, the model no cohort)."""
+
+    faces: list[Face]
+    scores: Floats | None = None
+    templates: Floats | None = None
+    negatives: Floats | None = None
+    cohort: Floats | None = None
+
+    def results(self, gallery: Gallery, t: Thresholds) -> list[FaceResult]:
+        if self.scores is None:
+            return []
+        return score_faces(self.faces, self.scores, gallery, t, self.templates, self.negatives, self.cohort)
 
 
 @dataclass
 class Attempt:
     person: str | None  # the enrolled person it is, None for a stranger
     photo: str
-    # Per frame: the labelled face, its pair scores and its scores against each person's template.
-    frames: list[tuple[list[Face], Floats | None, Floats | None]]
+    frames: list[Seen]
     gallery: Gallery
 
 
@@ -85,9 +102,8 @@ def decide_attempt(attempt: Attempt, thresholds: Thresholds, pipeline: Pipeline,
     """(granted person, seconds to the grant, the first deny's reason) for one attempt."""
     dm = DecisionMaker(pipeline.config.decision, "door_eval")
     denied = None
-    for i, (faces, scores, templates) in enumerate(attempt.frames):
-        results = score_faces(faces, scores, attempt.gallery, thresholds, templates) if scores is not None else []
-        decision = dm.update(i, i / fps, results)
+    for i, seen in enumerate(attempt.frames):
+        decision = dm.update(i, i / fps, seen.results(attempt.gallery, thresholds))
         if decision is None:
             continue
         if decision.outcome is Outcome.GRANT:
@@ -121,15 +137,18 @@ def draw(pipeline: Pipeline, photos: dict[str, list[str]], args: argparse.Namesp
     return gallery, plan
 
 
-def labelled_face(pipeline: Pipeline, frame: Image, centre: tuple[float, float],
-                  gallery: Gallery) -> tuple[list[Face], Floats | None, Floats | None]:
+def labelled_face(pipeline: Pipeline, frame: Image, centre: tuple[float, float], gallery: Gallery) -> Seen:
     """The frame through the daemon's pipeline, kept to the face nearest the held photo's centre."""
     a = pipeline.analyse(frame, gallery, with_templates=True)
-    if not a.faces or a.scores is None or a.template_scores is None:
-        return [], None, None
+    if not a.faces or a.scores is None:
+        return Seen([])
     i = min(range(len(a.faces)),
             key=lambda j: (a.faces[j].center[0] - centre[0]) ** 2 + (a.faces[j].center[1] - centre[1]) ** 2)
-    return [a.faces[i]], a.scores[i : i + 1], a.template_scores[i : i + 1]
+
+    def row(m: Floats | None) -> Floats | None:
+        return None if m is None else m[i : i + 1]
+
+    return Seen([a.faces[i]], row(a.scores), row(a.template_scores), row(a.negative_scores), row(a.cohort))
 
 
 def read_people(path: Path) -> list[str]:
@@ -214,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--template-thresholds", type=float, nargs="*",
                    help="template thresholds to sweep; a negative value means no template check "
                         "(default: the configured one)")
+    p.add_argument("--cohort-thresholds", type=float, nargs="*",
+                   help="cohort thresholds to sweep; a negative value means no cohort check "
+                        "(default: the configured one, or the model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--analysis-cache", type=Path,
                    help="keep the analysed frames here (pickle), so another sweep of thresholds skips the pipeline")
@@ -248,14 +270,19 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     templates = ([None if x < 0 else x for x in args.template_thresholds] if args.template_thresholds is not None
                  else [d.template_threshold])
+    default_c = pipeline.thresholds.cohort
+    cohorts = ([None if x < 0 else x for x in args.cohort_thresholds] if args.cohort_thresholds is not None
+               else [default_c])
     for v in args.verifications or [d.verification_threshold]:
         for sm in args.score_margins or [d.score_margin]:
             for tt in templates:
-                for t in sorted({*grid, round(default_t, 4)}):
-                    th = Thresholds(float(t), v, d.margin, sm, tt)
-                    outcomes = [decide_attempt(a, th, pipeline, args.fps) for a in attempts]
-                    rows.append({"detection_threshold": float(t), "verification_threshold": v, "score_margin": sm,
-                                 "template_threshold": tt, **summarise(attempts, outcomes)})
+                for ct in cohorts:
+                    for t in sorted({*grid, round(default_t, 4)}):
+                        th = Thresholds(float(t), v, d.margin, sm, tt, ct)
+                        outcomes = [decide_attempt(a, th, pipeline, args.fps) for a in attempts]
+                        rows.append({"detection_threshold": float(t), "verification_threshold": v,
+                                     "score_margin": sm, "template_threshold": tt, "cohort_threshold": ct,
+                                     **summarise(attempts, outcomes)})
     pipeline.close()
     report = {
         "model": str(args.model), "people_from": str(args.people), "enrolled_people": enrolled,
@@ -273,19 +300,21 @@ def main(argv: list[str] | None = None) -> int:
           f"attempts, each a photo held "
           f"{args.seconds} s at {args.fps:g} frames/s; confirm {d.confirm_frames} of {d.confirm_window}, "
           f"score_margin {d.score_margin}; model threshold {default_t:.3f}")
-    print("verif  margin  template  threshold  genuine granted  median s  max s  granted as someone else"
+    print("verif  margin  template  cohort  threshold  genuine granted  median s  max s  granted as someone else"
           "  strangers granted  ambiguous")
     for r in rows:
         default = (abs(r["detection_threshold"] - default_t) < 1e-9
                    and r["verification_threshold"] == d.verification_threshold
                    and r["score_margin"] == d.score_margin
-                   and r["template_threshold"] == d.template_threshold)
+                   and r["template_threshold"] == d.template_threshold
+                   and r["cohort_threshold"] == default_c)
         mark = " *" if default else ""
         med = r["seconds_to_grant_median"]
         mx = r["seconds_to_grant_max"]
-        tt = r["template_threshold"]
+        tt, ct = r["template_threshold"], r["cohort_threshold"]
         print(f"{r['verification_threshold']:5.2f}  {r['score_margin']:6.2f}  "
-              f"{'off' if tt is None else format(tt, '.2f'):>8s}  {r['detection_threshold']:9.3f}  "
+              f"{'off' if tt is None else format(tt, '.2f'):>8s}  {'off' if ct is None else format(ct, '.2f'):>6s}  "
+              f"{r['detection_threshold']:9.3f}  "
               f"{r['genuine_granted']:4d}/{g} {r['genuine_granted_rate']:6.1%}  "
               f"{med if med is not None else float('nan'):8.2f}  {mx if mx is not None else float('nan'):5.2f}  "
               f"{r['granted_as_someone_else']:23d}  {r['strangers_granted']:8d}/{r['stranger_attempts']}"

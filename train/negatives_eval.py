@@ -29,14 +29,21 @@ import cv2
 import numpy as np
 
 from accessd.align import context_crop
-from accessd.decide import DecisionMaker, Thresholds, score_faces
+from accessd.decide import DecisionMaker, Thresholds
 from accessd.gallery import NEGATIVES_DIR, Gallery
 from accessd.imageio import read_image
 from accessd.pipeline import Pipeline
-from accessd.types import Face, Floats, Image, Outcome
-from train.door_eval import attempt_args, draw, eval_pipeline, held_photo_frames, people_test_parser, read_people
-
-Frame = tuple[list[Face], Floats | None, Floats | None, Floats | None]  # face, scores, templates, negatives
+from accessd.types import Image, Outcome
+from train.door_eval import (
+    Seen,
+    attempt_args,
+    draw,
+    eval_pipeline,
+    held_photo_frames,
+    labelled_face,
+    people_test_parser,
+    read_people,
+)
 
 
 @dataclass
@@ -45,19 +52,7 @@ class Attempt:
     index: int  # its frames' seed
     person: str | None
     photo: str
-    frames: list[Frame]
-
-
-def analyse(pipeline: Pipeline, frame: Image, centre: tuple[float, float], gallery: Gallery) -> Frame:
-    """The frame through the daemon's pipeline, kept to the face nearest the held photo's centre."""
-    a = pipeline.analyse(frame, gallery, with_templates=True)
-    if not a.faces or a.scores is None:
-        return [], None, None, None
-    i = min(range(len(a.faces)),
-            key=lambda j: (a.faces[j].center[0] - centre[0]) ** 2 + (a.faces[j].center[1] - centre[1]) ** 2)
-    neg = a.negative_scores[i : i + 1] if a.negative_scores is not None else None
-    templates = a.template_scores[i : i + 1] if a.template_scores is not None else None
-    return [a.faces[i]], a.scores[i : i + 1], templates, neg
+    frames: list[Seen]
 
 
 def frames_of(args: argparse.Namespace, photo: str, index: int) -> list[tuple[Image, tuple[float, float]]]:
@@ -69,8 +64,8 @@ def decide(attempt: Attempt, gallery: Gallery, t: Thresholds, pipeline: Pipeline
     """(granted person, deciding frame, first deny reason, people it was verified as in some frame)."""
     dm = DecisionMaker(pipeline.config.decision, "negatives_eval")
     denied, verified_as = None, set()
-    for i, (faces, scores, templates, negatives) in enumerate(attempt.frames):
-        results = score_faces(faces, scores, gallery, t, templates, negatives) if scores is not None else []
+    for i, seen in enumerate(attempt.frames):
+        results = seen.results(gallery, t)
         verified_as |= {r.candidate for r in results if r.candidate is not None}
         d = dm.update(i, i / fps, results)
         if d is None:
@@ -117,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         plans.append(plan)
         for who, rel in plan:
             i = len(attempts)
-            frames = [analyse(pipeline, f, c, gallery) for f, c in frames_of(args, rel, i)]
+            frames = [labelled_face(pipeline, f, c, gallery) for f, c in frames_of(args, rel, i)]
             attempts.append(Attempt(n, i, who, rel, frames))
     before = [decide(a, galleries[a.draw], t, pipeline, args.fps) for a in attempts]
 
@@ -130,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         as_whom = granted if wrong else sorted(verified_as)[0]
         frames = frames_of(args, a.photo, a.index)
-        k = at if at is not None else next(i for i, f in enumerate(a.frames) if f[0])
+        k = at if at is not None else next(i for i, f in enumerate(a.frames) if f.faces)
         image, _ = frames[k]
-        face = a.frames[k][0][0]
+        face = a.frames[k].faces[0]
         snapshot = cv2.cvtColor(context_crop(image, face, scale=4.0), cv2.COLOR_RGB2BGR)
         folder = work / f"draw{a.draw}" / str(as_whom) / NEGATIVES_DIR
         folder.mkdir(exist_ok=True)
@@ -141,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     after_galleries = [pipeline.load_gallery(work / f"draw{n}") for n in range(args.draws)]
     negatives = sum(len(g.negative_of) for g in after_galleries)
     again = [Attempt(a.draw, a.index, a.person, a.photo,
-                     [analyse(pipeline, f, c, after_galleries[a.draw]) for f, c in frames_of(args, a.photo, a.index)])
+                     [labelled_face(pipeline, f, c, after_galleries[a.draw])
+                      for f, c in frames_of(args, a.photo, a.index)])
              for a in attempts]
     after = [decide(a, after_galleries[a.draw], t, pipeline, args.fps) for a in again]
     pipeline.close()
