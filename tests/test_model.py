@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from accessd.align import CropSpec
-from accessd.model import CONTRACT_KEY, ModelError, SiameseModel
+from accessd.model import CONTRACT_KEY, FaceCrops, ModelError, SiameseModel
 
 
 def test_contract_is_read_from_metadata(tiny_model: Path) -> None:
@@ -117,14 +117,13 @@ def test_shipped_default_fuses_two_towers_and_says_so_in_its_contract(trained_mo
     assert 0 < c.cascade_gate < 1 and at_gate <= c.detection_threshold
 
 
-def test_fused_model_needs_both_crops_and_the_cascade_skips_the_second_tower(trained_model: Path) -> None:
+def sample_faces(m: SiameseModel) -> list[FaceCrops]:
+    """obama.jpg, obama3.jpg and biden.jpg, each cut for every tower of `m`."""
     from accessd.align import crop_face, largest
     from accessd.detector import FaceDetector
     from accessd.imageio import read_image
-    from accessd.model import ALWAYS, stack
     from tests.conftest import DETECTORS, SAMPLES
 
-    m = SiameseModel(trained_model)
     faces = []
     with FaceDetector(DETECTORS / "face_detection_full_range_sparse.tflite", 0.5) as det:
         for name in ("obama.jpg", "obama3.jpg", "biden.jpg"):
@@ -132,6 +131,14 @@ def test_fused_model_needs_both_crops_and_the_cascade_skips_the_second_tower(tra
             face = largest(det.detect(image))
             assert face is not None
             faces.append(tuple(crop_face(image, face, spec) for spec in m.contract.crops))
+    return faces
+
+
+def test_fused_model_needs_both_crops_and_the_cascade_skips_the_second_tower(trained_model: Path) -> None:
+    from accessd.model import ALWAYS, stack
+
+    m = SiameseModel(trained_model)
+    faces = sample_faces(m)
     with pytest.raises(ModelError, match="needs 2 crops per face, got 1"):
         m.embed(stack(faces)[0])
     gallery = m.embed(stack(faces[1:2]))  # obama3, enrolled
@@ -150,24 +157,14 @@ def test_fused_model_needs_both_crops_and_the_cascade_skips_the_second_tower(tra
 def test_the_shipped_model_scores_every_face_against_its_cohort_of_training_strangers(trained_model: Path) -> None:
     """obama3 enrolled: obama's quorum score stands far out from his own cohort scores, biden's does
     not; the cohort never makes the second tower run (the gate looks at the gallery alone)."""
-    from accessd.align import crop_face, largest
     from accessd.decide import cohort_z
-    from accessd.detector import FaceDetector
-    from accessd.imageio import read_image
     from accessd.model import ALWAYS, stack
-    from tests.conftest import DETECTORS, SAMPLES
 
     m = SiameseModel(trained_model)
     c = m.contract
     assert c.cohort_threshold is not None and c.raw["cohort"]["photos"] > 1000 and c.raw["cohort"]["k"] == 100
     assert "DevTest" in c.raw["cohort"]["people_from"] or "pairsDevTest" in c.raw["cohort"]["people_from"]
-    faces = []
-    with FaceDetector(DETECTORS / "face_detection_full_range_sparse.tflite", 0.5) as det:
-        for name in ("obama.jpg", "obama3.jpg", "biden.jpg"):
-            image = read_image(SAMPLES / name)
-            face = largest(det.detect(image))
-            assert face is not None
-            faces.append(tuple(crop_face(image, face, spec) for spec in c.crops))
+    faces = sample_faces(m)
     gallery = m.embed(stack(faces[1:2]))
     obama = m.score(stack(faces[:1]), gallery)
     biden = m.score(stack(faces[2:]), gallery, gate=ALWAYS)
