@@ -48,7 +48,7 @@ class Pipeline:
         self.detector = FaceDetector(
             model_path(config.detector.models_dir, config.detector.model), config.detector.min_confidence
         )
-        self.thresholds = self._thresholds(config)
+        self.thresholds = self.thresholds_for(config)
         # MediaPipe graphs are not documented as safe for concurrent calls, and galleries
         # are rebuilt on a worker thread while frames are analysed: one detector each.
         self._enrol_detector: FaceDetector | None = None
@@ -69,7 +69,12 @@ class Pipeline:
             cache_key(self.model.sha256, self.detector.model_path.name, config.detector.min_confidence),
         )
 
-    def _thresholds(self, config: Config) -> Thresholds:
+    def thresholds_for(self, config: Config) -> Thresholds:
+        """`config`'s decision thresholds with this model's defaults filled in.
+
+        Raises ModelError when the config names a threshold this model cannot apply (a cohort
+        threshold for a model without a cohort): a reload checks it before anything is swapped.
+        """
         d, c = config.decision, self.model.contract
         cohort = None
         if d.cohort_check:
@@ -92,7 +97,7 @@ class Pipeline:
     def retune(self, config: Config) -> None:
         """Take a reloaded config's thresholds (and its other keys) when the model and detector stay:
         the pipeline is reused, and its thresholds were once left as they were at start-up."""
-        self.config, self.thresholds = config, self._thresholds(config)
+        self.config, self.thresholds = config, self.thresholds_for(config)
 
     def crop(self, image: Image, face: Face) -> FaceCrops:
         """The face cut out for each of the model's towers."""

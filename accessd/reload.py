@@ -54,6 +54,7 @@ def rebuild(current: Parts, config: Config, cancel: threading.Event | None = Non
     try:
         if _pipeline_changed(current.config, config):
             made.pipeline = Pipeline(config)
+        made.pipeline.thresholds_for(config)  # a decision the model cannot apply is refused here, not mid-swap
         made.gallery = made.pipeline.load_gallery(cancel=cancel)
         if config.audit != current.config.audit:
             made.audit = AuditLog.from_config(config.audit)

@@ -70,3 +70,19 @@ def test_failed_rebuild_leaves_the_running_parts_untouched(config: Config, tmp_p
     analysis = old.pipeline.analyse(read_image(photos(PERSON)[5]), old.gallery)
     assert len(analysis.faces) == 1
     close(old)
+
+
+def test_a_cohort_threshold_for_a_model_without_a_cohort_is_refused_before_the_swap(config: Config) -> None:
+    from accessd.model import ModelError
+
+    old = running_parts(config)
+    assert old.pipeline.thresholds.cohort is None  # the tiny model has no cohort: the check is off
+    asks = dataclasses.replace(config, decision=dataclasses.replace(config.decision, cohort_threshold=4.0))
+    with pytest.raises(ModelError, match=r"has no cohort, so decision.cohort_threshold 4.0 cannot apply"):
+        rebuild(old, asks)
+    assert old.pipeline.thresholds.cohort is None and old.pipeline.config is config  # nothing changed
+    off = dataclasses.replace(asks, decision=dataclasses.replace(asks.decision, cohort_check=False))
+    new = rebuild(old, off)
+    assert new.pipeline is old.pipeline  # switched off, it is accepted
+    retire(old, new)
+    close(new)
