@@ -95,7 +95,16 @@ def test_window_keys_save_anchor_positive_and_auto_capture(tmp_path: Path, train
         return any(text in line for line in list(lines))
 
     try:
-        wait_for("the capture window", lambda: xdotool("search", "--name", "accessd capture").strip(), 60)
+        def window_or_exit() -> bool:
+            if proc.poll() is not None:  # it died before showing a window: say how, not "timed out"
+                raise AssertionError(f"capture exited {proc.returncode}: {''.join(lines)[-2000:]}")
+            return bool(xdotool("search", "--name", "accessd capture").strip())
+
+        # 120 s: once, on a fresh CI clone, the first window took over 60 s to appear (it takes 2 s here).
+        try:
+            wait_for("the capture window", window_or_exit, 120)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; capture said: {''.join(lines)[-2000:]}") from None
         window = xdotool("search", "--name", "accessd capture").split()[0]
         xdotool("windowfocus", "--sync", window)
 
