@@ -20,7 +20,7 @@ from accessd.imageio import ImageError, read_image
 from accessd.instrument import picture_frame
 from accessd.landmarks import FaceMesh
 from accessd.liveness import eye_aspect_ratio
-from accessd.model import FaceCrops, ModelError, Scored, SiameseModel, stack
+from accessd.model import FaceCrops, ModelError, SiameseModel, stack
 from accessd.provision import model_path
 from accessd.types import Face, FaceResult, Floats, Image
 
@@ -128,11 +128,7 @@ class Pipeline:
     def analyse(self, image: Image, gallery: Gallery, with_templates: bool | None = None) -> FrameAnalysis:
         """Faces, crops and results for one frame; template scores when the template check is on
         (or `with_templates`: door_eval sweeps the check's threshold). One caller at a time."""
-
-        def score(crops: list[FaceCrops], targets: Floats) -> Scored:
-            return self.model.score(stack(crops), targets)
-
-        return self._analyse(image, gallery, self.detector, score, with_templates)
+        return self._analyse(image, gallery, self.detector, model_run(self.model.score), with_templates)
 
     def analyse_at(self, door: str, image: Image, gallery: Gallery) -> FrameAnalysis:
         """`analyse` on a door's own thread: its own detector, and its faces scored in a model run
