@@ -374,6 +374,12 @@ def main(argv: list[str] | None = None) -> int:
             log.error("a fused model needs --detection-threshold (its score is not the first tower's)")
             return 1
         meta.update(fused_contract(model, second, fusion, args.detection_threshold, meta["validation"]))
+        tuned = args.second.with_name("history.json")  # written by train.finetune_faceres
+        if tuned.is_file():
+            history = json.loads(tuned.read_text())
+            meta["second"]["fine_tuned"] = {
+                "by": "train.finetune_faceres", "on": "LFW minus pairsDevTest minus the held-out people",
+                **{k: history[k] for k in ("cut", "lr", "pairs_per_epoch", "kept_epoch")}}
         specs.append((meta["second"]["input_size"][0], meta["second"]["crop_margin"], meta["second"]["alignment"]))
         cohort = None
         if args.cohort:

@@ -44,9 +44,14 @@ FARS = (1e-3, 1e-4, 1e-5, 1e-6)
 Array = npt.NDArray[Any]
 
 
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def embed_lfw(lfw: Path, resnet_ckpt: Path, faceres: Path, cache: Path) -> tuple[list[str], list[str], Array, Array]:
     """Paths, people, ResNet embeddings and faceres embeddings of every LFW photo both crops found."""
-    stamp = f"{resnet_ckpt.stat().st_size}|{faceres.stat().st_size}|{FACERES_CROP}"
+    # Keyed by the models' bytes: a fine-tuned tower has the same file size as the one it came from.
+    stamp = f"{file_digest(resnet_ckpt)}|{file_digest(faceres)}|{FACERES_CROP}"
     key = hashlib.sha256(stamp.encode()).hexdigest()[:12]
     saved = cache / f"fusion-embeddings-{key}.npz"
     if saved.is_file():
