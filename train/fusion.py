@@ -2,7 +2,7 @@
 
     python -m train.fusion [--out runs/fused]
 
-Both towers stay frozen (measured below; fine-tuning them was not tried). Every LFW
+Both towers stay frozen while the head is fitted (faceres may come fine-tuned by train.finetune_faceres). Every LFW
 photo is cut for each tower by the shared align module and embedded once; people
 are split three ways:
 - pairsDevTest's people: never trained on, never used to choose anything; reported only;
