@@ -72,8 +72,8 @@ def score_faces(faces: list[Face], scores: Floats, gallery: Gallery, t: Threshol
     runner-up by ratio and the closest other by quorum score.
 
     `negative_scores` (faces x the gallery's negative examples) refuse a verified
-    person when the face scores higher against one of the faces marked "not
-    them" than against any of their own photos.
+    person when the face scores at least as high against one of the faces marked
+    "not them" as against any of their own photos.
 
     With `t.cohort` set, `cohort` (faces x 2, the model's run against its cohort of
     training strangers) must show the person's quorum score `t.cohort` spreads above
@@ -114,7 +114,9 @@ def score_faces(faces: list[Face], scores: Floats, gallery: Gallery, t: Threshol
         rival = not_person = None
         if verified and negative_scores is not None and len(gallery.negative_of):
             marked = negative_scores[i][gallery.negative_of == top]
-            if marked.size and float(marked.max()) > float(row[gallery.person_of == top].max()):
+            # A tie refuses: the fused score saturates at 1.0 in float32, so a face that matches
+            # its marked double as well as the person's own photos can tie with both exactly.
+            if marked.size and float(marked.max()) >= float(row[gallery.person_of == top].max()):
                 verified, not_person = False, best.person
         people: tuple[PersonScore, ...] = (best,)
         if n_people > 1:

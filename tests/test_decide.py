@@ -306,6 +306,10 @@ def test_a_face_closer_to_one_marked_not_them_than_to_their_photos_is_refused() 
     assert marked.candidate is None and marked.not_person == "ann" and marked.best is not None
     (own,) = score_faces([FACE], scores, g, T_RATIO, None, np.array([[0.85, 0.99]], np.float32))
     assert own.candidate == "ann" and own.not_person is None  # her best photo (0.9) beats the marked face
+    # Saturated scores tie at 1.0 in float32: the marked face wins the tie (deny-leaning).
+    saturated = np.array([[1.0, 1.0, 0.7, 0.1]], np.float32)
+    (tie,) = score_faces([FACE], saturated, g, T_RATIO, None, np.array([[1.0, 0.2]], np.float32))
+    assert tie.candidate is None and tie.not_person == "ann"
     # bob's marked face says nothing about ann.
     (other,) = score_faces([FACE], scores, g, T_RATIO, None, np.array([[0.1, 0.99]], np.float32))
     assert other.candidate == "ann"
