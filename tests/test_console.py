@@ -426,11 +426,13 @@ def test_in_the_browser_enrol_from_a_refused_snapshot_then_delete_then_upload(do
     # The DELETE answered once the frame loop had dropped the photo: no grant after it, not one frame's worth.
     assert not any(r.get("decision") == "grant" for r in door.records()[deleted_at:])
 
-    # Upload one of his photos (the file input, as a drop would): in use, shown on the page.
+    # Upload one of his photos (the file input, as a drop would): in use, shown on the page. The next
+    # test needs the camera's photo let in by it: his third scores 0.98 against it (his fourth, once
+    # used here, 0.55 with faceres fine-tuned: a genuine miss at 0.6, not what this test is about).
     tab("people")
     # Cards are redrawn when the list refreshes: each find-and-act is retried on a stale element.
     wait("the upload", lambda: (browser.find_element(By.CSS_SELECTOR, f"{card} input[type=file]")
-                                .send_keys(str(photos(PERSON)[3])), True)[1])
+                                .send_keys(str(photos(PERSON)[2])), True)[1])
     wait("the upload's confirmation", lambda: "added to Donald" in browser.find_element(By.ID, "message").text)
     door.wait_for("the upload in use", lambda: any(
         p["person"] == "Donald" and p["in_use"] == 1 for p in door.api("GET", "/api/people").json()["people"]))
