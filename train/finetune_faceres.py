@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from train.finetune import balanced_positives, split_at
-from train.fusion import DETECTOR, FACERES_CROP, embed_lfw, misses, tower1_logits
+from train.fusion import DETECTOR, FACERES_CROP, add_inputs, embed_lfw, misses, tower1_logits
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +58,8 @@ def fused_misses(l1: Array, e2: Array, labels: Array, fusion: tuple[float, float
 
 
 def main(argv: list[str] | None = None) -> int:
-    shared = Path(os.environ.get("ACCESSD_SHARED", "../shared")) / "data"
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--lfw", type=Path, default=shared / "lfw")
-    p.add_argument("--devtest", type=Path, default=shared / "lfw-protocol/pairsDevTest.txt")
-    p.add_argument("--resnet", type=Path, default=Path("train/checkpoints/resnet/checkpoint.keras"))
-    p.add_argument("--faceres", type=Path, default=Path("runs/faceres/faceres.keras"))
+    add_inputs(p)
     p.add_argument("--fusion", type=Path, default=Path("train/checkpoints/fused/fusion-before-ft.json"),
                    help="the fusion weights held fixed while tuning (the head fitted to faceres as imported)")
     p.add_argument("--out", type=Path, default=Path("runs/faceres-ft"))

@@ -174,13 +174,18 @@ def report(name: str, e1: Array, e2: Array, labels: Array, w: Array, b: float,
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def add_inputs(p: argparse.ArgumentParser) -> None:
+    """The inputs every fused-model training step reads: LFW, DevTest's people, both towers."""
     shared = Path(os.environ.get("ACCESSD_SHARED", "../shared")) / "data"
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--lfw", type=Path, default=shared / "lfw")
     p.add_argument("--devtest", type=Path, default=shared / "lfw-protocol/pairsDevTest.txt")
     p.add_argument("--resnet", type=Path, default=Path("train/checkpoints/resnet/checkpoint.keras"))
     p.add_argument("--faceres", type=Path, default=Path("runs/faceres/faceres.keras"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_inputs(p)
     p.add_argument("--out", type=Path, default=Path("runs/fused"))
     p.add_argument("--per-person", type=int, default=20)
     p.add_argument("--hard", type=int, default=5)
