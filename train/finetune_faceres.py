@@ -1,4 +1,4 @@
-"""Fine-tune faceres' last block on LFW's training people, inside the fused score (an experiment).
+"""Fine-tune faceres' last block on LFW's training people, inside the fused score.
 
     python -m train.finetune_faceres [--out runs/faceres-ft] [--epochs 6] [--cut conv_pw_12_relu]
 
@@ -8,7 +8,7 @@ fusion weights held fixed, on the training people only (LFW minus pairsDevTest's
 ResNet's held-out validation people): every epoch, the genuine pairs (at most 10 a person) and as
 many strangers, half of them each photo's two nearest other people by the fused score with the
 tower as it is now (the look-alikes a door lets in), half at random. Photos are mirrored at random.
-The frozen bottom runs once per photo and is kept (float16). Each epoch is measured on the held-out
+The frozen bottom runs once per photo and is kept on disk (float16). Each epoch is measured on the held-out
 people (every pair, fused miss rate at FAR 1e-4, then 1e-3); the best epoch is kept and only then
 measured on DevTest, which chooses nothing.
 """
