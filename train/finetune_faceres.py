@@ -54,7 +54,8 @@ def fused_misses(l1: Array, e2: Array, labels: Array, fusion: tuple[float, float
     a, b, c = fusion
     iu = np.triu_indices(len(labels), 1)
     same = (labels[:, None] == labels[None])[iu]
-    return {"fused": misses((a * l1 + b * (e2 @ e2.T) + c)[iu], same), "faceres": misses((e2 @ e2.T)[iu], same)}
+    cos2 = e2 @ e2.T
+    return {"fused": misses((a * l1 + b * cos2 + c)[iu], same), "faceres": misses(cos2[iu], same)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from accessd.align import CropSpec
+from accessd.provision import sha256_file
 from train.faces import prepare_towers
 from train.metrics import roc, tar_at_far
 
@@ -44,14 +45,10 @@ FARS = (1e-3, 1e-4, 1e-5, 1e-6)
 Array = npt.NDArray[Any]
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def embed_lfw(lfw: Path, resnet_ckpt: Path, faceres: Path, cache: Path) -> tuple[list[str], list[str], Array, Array]:
     """Paths, people, ResNet embeddings and faceres embeddings of every LFW photo both crops found."""
     # Keyed by the models' bytes: a fine-tuned tower has the same file size as the one it came from.
-    stamp = f"{file_digest(resnet_ckpt)}|{file_digest(faceres)}|{FACERES_CROP}"
+    stamp = f"{sha256_file(resnet_ckpt)}|{sha256_file(faceres)}|{FACERES_CROP}"
     key = hashlib.sha256(stamp.encode()).hexdigest()[:12]
     saved = cache / f"fusion-embeddings-{key}.npz"
     if saved.is_file():
