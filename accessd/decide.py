@@ -374,7 +374,7 @@ def _deny_reason(r: FaceResult) -> str:
     if r.best is None:
         return "gallery empty"
     if r.not_person is not None:
-        return f"not this person: closer to a face marked not {r.not_person} than to their photos"
+        return f"not this person: at least as close to a face marked not {r.not_person} as to their photos"
     if r.rival is not None:
         return f"ambiguous: close to both {r.best.person} and {r.rival}"  # a look-alike of two enrolled people
     return "no match"

@@ -87,8 +87,8 @@ class FaceResult:
     people: tuple[PersonScore, ...]
     candidate: str | None  # verified with margin over the runner-up, else None
     rival: str | None = None  # set when refused because the face is close to this person too
-    # Set when refused because the face is closer to a face marked "not <this person>" than to
-    # any of their own photos (the console's "not this person").
+    # Set when refused because the face is at least as close to a face marked "not <this person>"
+    # as to any of their own photos (the console's "not this person").
     not_person: str | None = None
     # Liveness signals, measured on verified faces only: the eye aspect ratio (None when
     # not measured) and the instrument check's finding (a picture's frame around the face).

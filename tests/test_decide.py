@@ -317,7 +317,7 @@ def test_a_face_closer_to_one_marked_not_them_than_to_their_photos_is_refused() 
     d = dm.update(0, 0.0, [marked])
     assert d is not None and d.outcome is Outcome.DENY and d.person is None
     assert d.extra["refusal"] == "not_this_person" and d.extra["verified"] == "ann"
-    assert d.reason.startswith("not this person: closer to a face marked not ann")
+    assert d.reason.startswith("not this person: at least as close to a face marked not ann")
 
 
 def test_template_is_each_persons_mean_embedding() -> None:
