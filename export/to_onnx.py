@@ -95,7 +95,7 @@ def cohort_of(model: Any, second: Any, specs: list[tuple[int, float, str]], size
     those choose and report thresholds, and a cohort made of them would score them as strangers."""
     from accessd.align import CropSpec
     from train.faces import prepare_towers
-    from train.import_faceres import preprocess
+    from train.import_faceres import embed_crops
     from train.pairs import load_pairs
     from train.scoring import embed_numpy
 
@@ -108,9 +108,7 @@ def cohort_of(model: Any, second: Any, specs: list[tuple[int, float, str]], size
                           [CropSpec(*spec) for spec in specs], Path("cache"), workers=1, only_people=chosen)
     first = sorted({q: i for i, q in reversed(list(enumerate(sets[0].people)))}.values())
     e1 = embed_numpy(model, sets[0].crops[first], batch=32)
-    crops2 = sets[1].crops[first]
-    e2 = np.concatenate([np.asarray(second(preprocess(crops2[i:i + 32]), training=False))
-                         for i in range(0, len(crops2), 32)])
+    e2 = embed_crops(second, sets[1].crops[first], batch=32)
     log.info("cohort: %d photos of %d people drawn from %d training people", len(first), len(first), len(people))
     return Cohort(np.concatenate([e1, e2], axis=1).astype(np.float32), k, {
         "photos": len(first), "k": k, "threshold": threshold, "seed": seed,
@@ -124,6 +122,7 @@ def fused_to_onnx(model: Any, second: Any, fusion: dict[str, Any], opset: int = 
     import tensorflow as tf
     import tf2onnx
 
+    from train.import_faceres import embed_for_serving as embed_second
     from train.model import embed_for_serving, parts
 
     embed, head = parts(model)
@@ -157,7 +156,7 @@ def fused_to_onnx(model: Any, second: Any, fusion: dict[str, Any], opset: int = 
         # faces costs nothing.
         need = tf.logical_or(gate <= 0.0, tf.reduce_max(tf.sigmoid(logit1), axis=1) >= gate)
         rows = tf.where(need)
-        chosen = second(tf.gather_nd(image2, rows), training=False)
+        chosen = embed_second(second, tf.gather_nd(image2, rows))
         e2 = tf.scatter_nd(rows, chosen, tf.stack([tf.shape(image2, out_type=tf.int64)[0], tf.constant(d2, tf.int64)]))
         g2n = g2 / tf.maximum(tf.norm(g2, axis=1, keepdims=True), 1e-12)  # templates are means: renormalise
         cos2 = tf.where(need[:, None], tf.matmul(e2, g2n, transpose_b=True), stranger_cos2)
@@ -289,14 +288,14 @@ def check_fused_parity(model: Any, second: Any, fusion: dict[str, Any], proto: A
     import onnxruntime as ort
 
     from train.data import normalise
-    from train.import_faceres import preprocess
+    from train.import_faceres import embed_crops, preprocess
     from train.model import arch_of, parts
     from train.scoring import embed_numpy
 
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     x1, x2 = normalise(crops[0], arch_of(model)), preprocess(crops[1])
     e1 = embed_numpy(model, crops[0])
-    e2 = np.asarray(second(x2, training=False))
+    e2 = embed_crops(second, crops[1])
     _, head = parts(model)
     kernel, bias = head.get_weights()
     logit1 = np.abs(e1[:, None] - e1[None]) @ kernel[:, 0] + bias[0]
@@ -430,6 +429,7 @@ def fused_contract(model: Any, second: Any, fusion: dict[str, Any], threshold: f
             "crop_margin": crop["margin"],
             "alignment": crop["method"],
             "embedding_size": d2,
+            "test_time_flip": True,  # train.import_faceres.embed_for_serving
             "source": {"package": VERSION, "sha256": PINNED},
             "weights_sha256": weights_sha256(second),
         },

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from train.finetune import balanced_positives, split_at
-from train.fusion import DETECTOR, FACERES_CROP, add_inputs, embed_lfw, misses, tower1_logits
+from train.fusion import DETECTOR, FACERES_CROP, add_inputs, embed_lfw, misses, split_people, tower1_logits
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     from train.faces import prepare_faces
     from train.import_faceres import preprocess
     from train.model import parts
-    from train.pairs import load_pairs
 
     keras.utils.set_random_seed(args.seed)
     tower_out = args.tower_out or args.out / "faceres.keras"
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             (tower_out.parent / "history.json").write_text(history.read_text())
         log.info("wrote %s (epoch %d)", tower_out, args.write_epoch)
         return 0
-    paths, people, e1, e2 = embed_lfw(args.lfw, args.resnet, args.faceres, Path("cache"))
+    paths, people, e1, _ = embed_lfw(args.lfw, args.resnet, args.faceres, Path("cache"))
     fz = json.loads(args.fusion.read_text())["fusion"]
     fusion = (float(fz["a"]), float(fz["b"]), float(fz["c"]))
     _, head = parts(keras.models.load_model(args.resnet, compile=False))
@@ -105,11 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     w, b = kernel[:, 0].astype(np.float32), float(bias[0])
     names = np.array(people)
     labels = np.unique(names, return_inverse=True)[1]
-    devtest = set(load_pairs(args.devtest).people)
-    val = set(json.loads(args.resnet.with_name("state.json").read_text())["validation_people"])
-    split = {"train": ~np.isin(names, list(devtest | val)), "validation": np.isin(names, list(val)),
-             "devtest": np.isin(names, list(devtest))}
-    idx = {k: np.where(m)[0] for k, m in split.items()}
+    idx = {k: np.where(m)[0] for k, m in split_people(names, args.devtest, args.resnet).items()}
 
     faces = prepare_faces(args.lfw, DETECTOR, FACERES_CROP, Path("cache"))
     where = faces.index()
@@ -133,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         np.savez(kept, mirror=mirror, **feats)
     log.info("frozen bottom of %d photos (and %d mirrors) in %.0f s", len(crops), len(mirror), time.monotonic() - t0)
-    check = float(np.abs(embed_top(top, feats["validation"][:64]) - e2[idx["validation"][:64]]).max())
-    log.info("top(bottom) against the cached embeddings: max |diff| %.2g (float16 features)", check)
+    # The tower's plain embedding: tuning and its measurements see no mirror-image mean (the
+    # door's embedding, train.import_faceres.embed_for_serving, which train.fusion refits with).
+    plain = np.asarray(model2(preprocess(crops[idx["validation"][:64]]), training=False))
+    check = float(np.abs(embed_top(top, feats["validation"][:64]) - plain).max())
+    log.info("top(bottom) against the whole tower: max |diff| %.2g (float16 features)", check)
 
     l1 = {k: tower1_logits(e1[i], e1[i], w, b) for k, i in idx.items()}
     y_train = labels[idx["train"]]

@@ -48,7 +48,9 @@ Array = npt.NDArray[Any]
 def embed_lfw(lfw: Path, resnet_ckpt: Path, faceres: Path, cache: Path) -> tuple[list[str], list[str], Array, Array]:
     """Paths, people, ResNet embeddings and faceres embeddings of every LFW photo both crops found."""
     # Keyed by the models' bytes: a fine-tuned tower has the same file size as the one it came from.
-    stamp = f"{sha256_file(resnet_ckpt)}|{sha256_file(faceres)}|{FACERES_CROP}"
+    # "mirror": faceres' embedding is the mean of the crop's and its mirror image's (caches made
+    # before that hold the crop's alone and must not be read as these).
+    stamp = f"{sha256_file(resnet_ckpt)}|{sha256_file(faceres)}|{FACERES_CROP}|mirror"
     key = hashlib.sha256(stamp.encode()).hexdigest()[:12]
     saved = cache / f"fusion-embeddings-{key}.npz"
     if saved.is_file():
@@ -58,7 +60,7 @@ def embed_lfw(lfw: Path, resnet_ckpt: Path, faceres: Path, cache: Path) -> tuple
 
     import train.model  # noqa: F401 - registers the custom layers
     from train.data import normalise
-    from train.import_faceres import preprocess
+    from train.import_faceres import embed_crops
     from train.model import ARCHITECTURES, embed_for_serving, parts
 
     arch = ARCHITECTURES["resnet"]
@@ -72,8 +74,7 @@ def embed_lfw(lfw: Path, resnet_ckpt: Path, faceres: Path, cache: Path) -> tuple
     e1 = np.concatenate([
         np.asarray(embed_for_serving(embed, normalise(one.crops[k:k + 256], "resnet")))
         for k in range(0, len(both), 256)])
-    e2 = np.concatenate([model2.predict(preprocess(two.crops[k:k + 256]), verbose=0)
-                         for k in range(0, len(both), 256)])
+    e2 = embed_crops(model2, two.crops)
     people = [p.split("/")[0] for p in both]
     np.savez(saved, paths=np.array(both), people=np.array(people), e1=e1, e2=e2)
     return both, people, e1, e2
@@ -171,6 +172,19 @@ def report(name: str, e1: Array, e2: Array, labels: Array, w: Array, b: float,
     return out
 
 
+def split_people(names: Array, devtest_pairs: Path, resnet_ckpt: Path) -> dict[str, Array]:
+    """Masks over photos by person: `devtest` (pairsDevTest's people, only reported), `validation`
+    (the ResNet's held-out people, who choose), `train` (everyone else)."""
+    from train.pairs import load_pairs
+
+    devtest = set(load_pairs(devtest_pairs).people)
+    val = set(json.loads(resnet_ckpt.with_name("state.json").read_text())["validation_people"])
+    masks = {"devtest": np.isin(names, list(devtest)), "validation": np.isin(names, list(val))}
+    masks["train"] = ~(masks["devtest"] | masks["validation"])
+    assert not (devtest | val) & set(names[masks["train"]])
+    return masks
+
+
 def add_inputs(p: argparse.ArgumentParser) -> None:
     """The inputs every fused-model training step reads: LFW, DevTest's people, both towers."""
     shared = Path(os.environ.get("ACCESSD_SHARED", "../shared")) / "data"
@@ -193,20 +207,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import train.model  # noqa: F401
     from train.model import parts
-    from train.pairs import load_pairs
 
     _, people, e1, e2 = embed_lfw(args.lfw, args.resnet, args.faceres, Path("cache"))
     _, head = parts(keras.models.load_model(args.resnet, compile=False))
     kernel, bias = head.get_weights()
     w, b = kernel[:, 0].astype(np.float32), float(bias[0])
-    devtest = set(load_pairs(args.devtest).people)
-    state = json.loads(args.resnet.with_name("state.json").read_text())
-    val = set(state["validation_people"])
     names = np.array(people)
     labels = np.unique(names, return_inverse=True)[1]
-    split = {"devtest": np.isin(names, list(devtest)), "validation": np.isin(names, list(val))}
-    train_mask = ~(split["devtest"] | split["validation"])
-    assert not (devtest & set(names[train_mask])) and not (val & set(names[train_mask]))
+    masks = split_people(names, args.devtest, args.resnet)
+    train_mask = masks["train"]
+    split = {"devtest": masks["devtest"], "validation": masks["validation"]}
     # Only people with two photos give genuine pairs; the rest still serve as strangers.
     t = np.where(train_mask)[0]
     log.info("training the head on %d photos of %d people", len(t), len(set(names[t])))

@@ -66,12 +66,13 @@ def test_reader_names_the_file_of_short_weights_and_a_changed_pin(models_dir: Pa
         evaluate(odd, {"input_1": np.zeros((1, 224, 224, 3), np.float32)}, last)
 
 
-def test_keras_rebuild_equals_the_literal_graph_on_real_faces(graph: object) -> None:
+@pytest.fixture(scope="module")
+def face_crops() -> np.ndarray:
+    """Three people's real LFW faces, cut as the door cuts them for faceres."""
     from accessd.align import crop_face, nearest_to_center
     from accessd.detector import FaceDetector
     from accessd.imageio import read_image
     from train.fusion import DETECTOR, FACERES_CROP
-    from train.import_faceres import PARITY_TOLERANCE, build_faceres, parity
 
     photos = [sorted((LFW / p).glob("*.jpg"))[0] for p in ("Colin_Powell", "Serena_Williams", "Tony_Blair")]
     crops = []
@@ -81,9 +82,31 @@ def test_keras_rebuild_equals_the_literal_graph_on_real_faces(graph: object) -> 
             face = nearest_to_center(det.detect(image), image.shape[1], image.shape[0])
             assert face is not None, path
             crops.append(crop_face(image, face, FACERES_CROP))
+    return np.stack(crops)
+
+
+def test_keras_rebuild_equals_the_literal_graph_on_real_faces(graph: object, face_crops: np.ndarray) -> None:
+    from train.import_faceres import PARITY_TOLERANCE, build_faceres, parity
+
     model = build_faceres(graph)  # type: ignore[arg-type]
-    assert parity(model, graph, np.stack(crops)) <= PARITY_TOLERANCE  # type: ignore[arg-type]
+    assert parity(model, graph, face_crops) <= PARITY_TOLERANCE  # type: ignore[arg-type]
     # And it tells these three people apart: an identity descriptor, not noise.
-    emb = np.asarray(model(np.stack(crops).astype(np.float32)[..., ::-1] - [103.939, 116.779, 123.68]))
+    emb = np.asarray(model(face_crops.astype(np.float32)[..., ::-1] - [103.939, 116.779, 123.68]))
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     assert (emb @ emb.T)[np.triu_indices(3, 1)].max() < 0.9
+
+
+def test_the_served_embedding_is_the_mirror_mean_of_a_unit_length(graph: object, face_crops: np.ndarray) -> None:
+    """The door's faceres embedding (train.import_faceres.embed_for_serving): the same for a crop and
+    its mirror image, and of unit length, where the plain tower's differs between the two."""
+    from train.import_faceres import build_faceres, embed_crops, preprocess
+
+    crops = face_crops
+    mirrored = np.ascontiguousarray(crops[:, :, ::-1])
+    model = build_faceres(graph)  # type: ignore[arg-type]
+    served, served_mirror = embed_crops(model, crops), embed_crops(model, mirrored)
+    np.testing.assert_allclose(served, served_mirror, atol=1e-5)
+    assert np.allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-5)
+    plain = np.asarray(model(preprocess(crops), training=False))
+    plain_mirror = np.asarray(model(preprocess(mirrored), training=False))
+    assert np.abs(plain - plain_mirror).max() > 1e-3
