@@ -154,6 +154,18 @@ def test_fused_model_needs_both_crops_and_the_cascade_skips_the_second_tower(tra
     assert biden_full[0, 0] < m.contract.detection_threshold
 
 
+def test_the_shipped_model_embeds_a_face_and_its_mirror_image_alike(trained_model: Path) -> None:
+    """Both towers take the mean of the crop's and its mirror image's embedding (the ResNet as dlib's
+    recipe, faceres since it cut the held-out misses), so a face and its mirror image are one face."""
+    from accessd.model import stack
+
+    m = SiameseModel(trained_model)
+    assert m.contract.raw["test_time_flip"] is True and m.contract.raw["second"]["test_time_flip"] is True
+    crops = stack(sample_faces(m))
+    mirrored = tuple(np.ascontiguousarray(c[:, :, ::-1]) for c in crops)
+    np.testing.assert_allclose(m.embed(mirrored), m.embed(crops), atol=1e-5)
+
+
 def test_the_shipped_model_scores_every_face_against_its_cohort_of_training_strangers(trained_model: Path) -> None:
     """obama3 enrolled: obama's quorum score stands far out from his own cohort scores, biden's does
     not; the cohort never makes the second tower run (the gate looks at the gallery alone)."""
