@@ -225,7 +225,10 @@ class EmbeddingCache:
         tmp.replace(path)
 
 
-EMBED_BATCH = 16
+# Faces per enrolment run. 8, not 16, since faceres runs on each crop and its mirror image:
+# 16 faces (32 images at 224 px) raised the first start's peak with 1,000 photos from 654 to
+# 868 MB (`python -m accessd.startup --runs 1`, docs/speed.md).
+EMBED_BATCH = 8
 
 
 class LoadCancelled(Exception):
@@ -291,7 +294,7 @@ def load_gallery(
         vectors.append(cached)
     # In small batches: ONNX Runtime's memory arena keeps the peak of the largest batch it
     # has run. Enrolling 476 photos in one batch left the daemon 162 MB larger for good;
-    # in batches of 16, 36 MB (`python -m accessd.soak --seconds 60 --enrol 500`).
+    # in batches of 16, 36 MB (`python -m accessd.soak --seconds 60 --enrol 500`; see EMBED_BATCH).
     for start in range(0, len(pending), EMBED_BATCH):
         chunk = pending[start:start + EMBED_BATCH]
         for (i, _), vec in zip(chunk, embed(stack([crops_of for _, crops_of in chunk])), strict=True):
