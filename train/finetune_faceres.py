@@ -1,6 +1,7 @@
 """Fine-tune faceres' last block on LFW's training people, inside the fused score.
 
     python -m train.finetune_faceres [--out runs/faceres-ft] [--epochs 6] [--cut conv_pw_12_relu]
+    python -m train.finetune_faceres --resume-epoch 3 --epochs 6   # epochs 4-6 of a run stopped at 3
 
 The fused head (`train.fusion`) scores a pair sigmoid(a * logit1 + b * cos2 + c) with both
 towers frozen. Here the second tower's layers above `--cut` learn, with the ResNet and the
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume-epoch", type=int,
+                   help="go on from <out>/top-N.weights.h5 and <out>/history.json (Adam's moments start afresh)")
     p.add_argument("--write-epoch", type=int,
                    help="only write the tower from <out>/top-N.weights.h5 (a run stopped early, or the committed one)")
     p.add_argument("--tower-out", type=Path, help="where the whole fine-tuned tower goes (default <out>/faceres.keras)")
@@ -90,13 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         split_at(model2, args.cut)[1].load_weights(args.out / f"top-{args.write_epoch}.weights.h5")
         tower_out.parent.mkdir(parents=True, exist_ok=True)
         model2.save(tower_out)
-        history = args.out / "history.json"
-        if history.is_file() and tower_out.parent.resolve() != args.out.resolve():
+        record_file = args.out / "history.json"
+        if record_file.is_file() and tower_out.parent.resolve() != args.out.resolve():
             # export/to_onnx.py records the fine-tuning in the contract from the history beside the tower.
-            (tower_out.parent / "history.json").write_text(history.read_text())
+            (tower_out.parent / "history.json").write_text(record_file.read_text())
         log.info("wrote %s (epoch %d)", tower_out, args.write_epoch)
         return 0
-    paths, people, e1, _ = embed_lfw(args.lfw, args.resnet, args.faceres, Path("cache"))
+    paths, people, e1, _ = embed_lfw(args.lfw, args.resnet, None, Path("cache"))
     fz = json.loads(args.fusion.read_text())["fusion"]
     fusion = (float(fz["a"]), float(fz["b"]), float(fz["c"]))
     _, head = parts(keras.models.load_model(args.resnet, compile=False))
@@ -153,13 +156,27 @@ def main(argv: list[str] | None = None) -> int:
         return loss
 
     args.out.mkdir(parents=True, exist_ok=True)
-    history = []
+    history: list[dict[str, Any]] = []
     before = fused_misses(l1["validation"], embed_top(top, feats["validation"]), labels[idx["validation"]], fusion)
     log.info("epoch 0 (imported) held-out: %s", json.dumps(before))
     best = (before["fused"]["0.0001"], before["fused"]["0.001"], 0)
-    top.save_weights(args.out / "top-0.weights.h5")
-    rng = np.random.default_rng(args.seed)
-    for epoch in range(1, args.epochs + 1):
+    first = 1
+    if args.resume_epoch is None:
+        top.save_weights(args.out / "top-0.weights.h5")
+        rng = np.random.default_rng(args.seed)
+    else:
+        history = [h for h in json.loads((args.out / "history.json").read_text())["history"]
+                   if h["epoch"] <= args.resume_epoch]
+        if len(history) != args.resume_epoch:
+            raise SystemExit(f"{args.out / 'history.json'}: has no record of epochs 1..{args.resume_epoch}")
+        for h in history:
+            best = min(best, (h["validation"]["fused"]["0.0001"], h["validation"]["fused"]["0.001"], h["epoch"]))
+        top.load_weights(args.out / f"top-{args.resume_epoch}.weights.h5")
+        first = args.resume_epoch + 1
+        # A run resumed draws other pairs than one that never stopped; seeded by where it resumed.
+        rng = np.random.default_rng([args.seed, args.resume_epoch])
+        log.info("resumed after epoch %d (best so far: epoch %d)", args.resume_epoch, best[2])
+    for epoch in range(first, args.epochs + 1):
         t0 = time.monotonic()
         emb = embed_top(top, feats["train"])
         fused_train = a * l1["train"] + bb * (emb @ emb.T) + c
@@ -183,8 +200,10 @@ def main(argv: list[str] | None = None) -> int:
             pl = l1["train"][pi[:, 0], pi[:, 1]].astype(np.float32)
             losses.append(float(step(fa, fb, pl, y[k:k + args.batch_size])))
         held = fused_misses(l1["validation"], embed_top(top, feats["validation"]), labels[idx["validation"]], fusion)
-        record = {"epoch": epoch, "seconds": round(time.monotonic() - t0, 1), "loss": float(np.mean(losses)),
-                  "validation": held}
+        record: dict[str, Any] = {"epoch": epoch, "seconds": round(time.monotonic() - t0, 1),
+                                  "loss": float(np.mean(losses)), "validation": held}
+        if epoch == first and args.resume_epoch is not None:
+            record["resumed"] = True
         history.append(record)
         log.info("epoch %d: %s", epoch, json.dumps(record))
         top.save_weights(args.out / f"top-{epoch}.weights.h5")

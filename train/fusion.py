@@ -45,39 +45,67 @@ FARS = (1e-3, 1e-4, 1e-5, 1e-6)
 Array = npt.NDArray[Any]
 
 
-def embed_lfw(lfw: Path, resnet_ckpt: Path, faceres: Path, cache: Path) -> tuple[list[str], list[str], Array, Array]:
-    """Paths, people, ResNet embeddings and faceres embeddings of every LFW photo both crops found."""
-    # Keyed by the models' bytes: a fine-tuned tower has the same file size as the one it came from.
+def embed_lfw(lfw: Path, resnet_ckpt: Path, faceres: Path | None,
+              cache: Path) -> tuple[list[str], list[str], Array, Array | None]:
+    """Paths, people, ResNet embeddings and faceres embeddings (None when `faceres` is None) of
+    every LFW photo both crops found.
+
+    Each tower's embeddings are cached on their own, keyed by that tower's bytes and crop, so a
+    new faceres re-embeds faceres only and the ResNet alone (train.finetune_faceres) never waits
+    for faceres."""
+    from train.model import ARCHITECTURES
+
+    arch = ARCHITECTURES["resnet"]
+    crop1 = CropSpec(arch.input_size, arch.crop_margin, arch.alignment)
+    # Keyed by the model's bytes: a fine-tuned tower has the same file size as the one it came from.
     # "mirror": faceres' embedding is the mean of the crop's and its mirror image's (caches made
     # before that hold the crop's alone and must not be read as these).
-    stamp = f"{sha256_file(resnet_ckpt)}|{sha256_file(faceres)}|{FACERES_CROP}|mirror"
-    key = hashlib.sha256(stamp.encode()).hexdigest()[:12]
-    saved = cache / f"fusion-embeddings-{key}.npz"
-    if saved.is_file():
-        with np.load(saved) as d:
-            return d["paths"].tolist(), d["people"].tolist(), d["e1"], d["e2"]
+    saved1 = _cache_file(cache, "resnet", f"{sha256_file(resnet_ckpt)}|{crop1}")
+    saved2 = None if faceres is None else _cache_file(cache, "faceres", f"{sha256_file(faceres)}|{FACERES_CROP}|mirror")
+    e1 = e2 = None
+    paths: list[str] | None = None
+    if saved1.is_file():
+        with np.load(saved1) as d:
+            paths, e1 = d["paths"].tolist(), d["e"]
+    if saved2 is not None and saved2.is_file():
+        with np.load(saved2) as d:
+            if paths is None or d["paths"].tolist() == paths:
+                paths, e2 = d["paths"].tolist(), d["e"]
+    if e1 is None or (saved2 is not None and e2 is None):
+        paths, e1, e2 = _embed_towers(lfw, resnet_ckpt, faceres, crop1, e1, e2, cache)
+        np.savez(saved1, paths=np.array(paths), e=e1)
+        if saved2 is not None:
+            np.savez(saved2, paths=np.array(paths), e=e2)
+    assert paths is not None and e1 is not None
+    return paths, [q.split("/")[0] for q in paths], e1, e2
+
+
+def _cache_file(cache: Path, tower: str, stamp: str) -> Path:
+    return cache / f"embeddings-{tower}-{hashlib.sha256(stamp.encode()).hexdigest()[:12]}.npz"
+
+
+def _embed_towers(lfw: Path, resnet_ckpt: Path, faceres: Path | None, crop1: CropSpec, e1: Array | None,
+                  e2: Array | None, cache: Path) -> tuple[list[str], Array, Array | None]:
+    """Embed with the towers whose embeddings are None (both crops are cut either way, so that
+    both towers' caches hold the same photos in the same order)."""
     import keras
 
     import train.model  # noqa: F401 - registers the custom layers
     from train.data import normalise
     from train.import_faceres import embed_crops
-    from train.model import ARCHITECTURES, embed_for_serving, parts
+    from train.model import embed_for_serving, parts
 
-    arch = ARCHITECTURES["resnet"]
-    one, two = prepare_towers(lfw, DETECTOR, [CropSpec(arch.input_size, arch.crop_margin, arch.alignment),
-                                              FACERES_CROP], cache)
+    one, two = prepare_towers(lfw, DETECTOR, [crop1, FACERES_CROP], cache)
     order = sorted(range(len(one)), key=one.paths.__getitem__)  # by path, as the cached runs were
     one, two = one.subset(order), two.subset(order)
-    both = one.paths
-    embed, _ = parts(keras.models.load_model(resnet_ckpt, compile=False))
-    model2 = keras.models.load_model(faceres, compile=False)
-    e1 = np.concatenate([
-        np.asarray(embed_for_serving(embed, normalise(one.crops[k:k + 256], "resnet")))
-        for k in range(0, len(both), 256)])
-    e2 = embed_crops(model2, two.crops)
-    people = [p.split("/")[0] for p in both]
-    np.savez(saved, paths=np.array(both), people=np.array(people), e1=e1, e2=e2)
-    return both, people, e1, e2
+    if e1 is None:
+        embed, _ = parts(keras.models.load_model(resnet_ckpt, compile=False))
+        e1 = np.concatenate([
+            np.asarray(embed_for_serving(embed, normalise(one.crops[k:k + 256], "resnet")))
+            for k in range(0, len(one.paths), 256)])
+    if faceres is not None and e2 is None:
+        e2 = embed_crops(keras.models.load_model(faceres, compile=False), two.crops)
+    return list(one.paths), e1, e2
 
 
 def tower1_logits(e1a: Array, e1b: Array, w: Array, b: float, chunk: int = 64) -> Array:
@@ -209,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     from train.model import parts
 
     _, people, e1, e2 = embed_lfw(args.lfw, args.resnet, args.faceres, Path("cache"))
+    assert e2 is not None
     _, head = parts(keras.models.load_model(args.resnet, compile=False))
     kernel, bias = head.get_weights()
     w, b = kernel[:, 0].astype(np.float32), float(bias[0])

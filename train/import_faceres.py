@@ -116,7 +116,9 @@ def embed_for_serving(model: keras.Model, x: Any) -> Any:
 
 
 def embed_crops(model: keras.Model, crops_rgb: np.ndarray, batch: int = 128) -> np.ndarray:
-    """`embed_for_serving` of RGB uint8 crops, in batches, as numpy."""
+    """`embed_for_serving` of RGB uint8 crops, in batches, as numpy (no crops: no rows)."""
+    if len(crops_rgb) == 0:
+        return np.zeros((0, int(model.output_shape[-1])), np.float32)
     return np.concatenate([np.asarray(embed_for_serving(model, preprocess(crops_rgb[k:k + batch])))
                            for k in range(0, len(crops_rgb), batch)]).astype(np.float32)
 

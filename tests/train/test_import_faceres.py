@@ -110,3 +110,4 @@ def test_the_served_embedding_is_the_mirror_mean_of_a_unit_length(graph: object,
     plain = np.asarray(model(preprocess(crops), training=False))
     plain_mirror = np.asarray(model(preprocess(mirrored), training=False))
     assert np.abs(plain - plain_mirror).max() > 1e-3
+    assert embed_crops(model, crops[:0]).shape == (0, served.shape[1])
