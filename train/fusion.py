@@ -50,18 +50,9 @@ def embed_lfw(lfw: Path, resnet_ckpt: Path, faceres: Path | None,
     """Paths, people, ResNet embeddings and faceres embeddings (None when `faceres` is None) of
     every LFW photo both crops found.
 
-    Each tower's embeddings are cached on their own, keyed by that tower's bytes and crop, so a
-    new faceres re-embeds faceres only and the ResNet alone (train.finetune_faceres) never waits
-    for faceres."""
-    from train.model import ARCHITECTURES
-
-    arch = ARCHITECTURES["resnet"]
-    crop1 = CropSpec(arch.input_size, arch.crop_margin, arch.alignment)
-    # Keyed by the model's bytes: a fine-tuned tower has the same file size as the one it came from.
-    # "mirror": faceres' embedding is the mean of the crop's and its mirror image's (caches made
-    # before that hold the crop's alone and must not be read as these).
-    saved1 = _cache_file(cache, "resnet", f"{sha256_file(resnet_ckpt)}|{crop1}")
-    saved2 = None if faceres is None else _cache_file(cache, "faceres", f"{sha256_file(faceres)}|{FACERES_CROP}|mirror")
+    Each tower's embeddings are cached on their own (`cache_files`), so a new faceres re-embeds
+    faceres only and the ResNet alone (train.finetune_faceres) never waits for faceres."""
+    saved1, saved2 = cache_files(cache, resnet_ckpt, faceres)
     e1 = e2 = None
     paths: list[str] | None = None
     if saved1.is_file():
@@ -72,7 +63,7 @@ def embed_lfw(lfw: Path, resnet_ckpt: Path, faceres: Path | None,
             if paths is None or d["paths"].tolist() == paths:
                 paths, e2 = d["paths"].tolist(), d["e"]
     if e1 is None or (saved2 is not None and e2 is None):
-        paths, e1, e2 = _embed_towers(lfw, resnet_ckpt, faceres, crop1, e1, e2, cache)
+        paths, e1, e2 = _embed_towers(lfw, resnet_ckpt, faceres, paths, e1, e2, cache)
         np.savez(saved1, paths=np.array(paths), e=e1)
         if saved2 is not None:
             np.savez(saved2, paths=np.array(paths), e=e2)
@@ -80,14 +71,30 @@ def embed_lfw(lfw: Path, resnet_ckpt: Path, faceres: Path | None,
     return paths, [q.split("/")[0] for q in paths], e1, e2
 
 
-def _cache_file(cache: Path, tower: str, stamp: str) -> Path:
-    return cache / f"embeddings-{tower}-{hashlib.sha256(stamp.encode()).hexdigest()[:12]}.npz"
+def cache_files(cache: Path, resnet_ckpt: Path, faceres: Path | None) -> tuple[Path, Path | None]:
+    """Where each tower's LFW embeddings are cached, keyed by that tower's bytes (a fine-tuned
+    tower has the same file size as the one it came from) and crop. "mirror": faceres' embedding
+    is the mean of the crop's and its mirror image's (caches made before that hold the crop's
+    alone and must not be read as these)."""
+    def named(tower: str, stamp: str) -> Path:
+        return cache / f"embeddings-{tower}-{hashlib.sha256(stamp.encode()).hexdigest()[:12]}.npz"
+
+    first = named("resnet", f"{sha256_file(resnet_ckpt)}|{_resnet_crop()}")
+    return first, None if faceres is None else named("faceres", f"{sha256_file(faceres)}|{FACERES_CROP}|mirror")
 
 
-def _embed_towers(lfw: Path, resnet_ckpt: Path, faceres: Path | None, crop1: CropSpec, e1: Array | None,
-                  e2: Array | None, cache: Path) -> tuple[list[str], Array, Array | None]:
-    """Embed with the towers whose embeddings are None (both crops are cut either way, so that
-    both towers' caches hold the same photos in the same order)."""
+def _resnet_crop() -> CropSpec:
+    from train.model import ARCHITECTURES
+
+    arch = ARCHITECTURES["resnet"]
+    return CropSpec(arch.input_size, arch.crop_margin, arch.alignment)
+
+
+def _embed_towers(lfw: Path, resnet_ckpt: Path, faceres: Path | None, cached_paths: list[str] | None,
+                  e1: Array | None, e2: Array | None, cache: Path) -> tuple[list[str], Array, Array | None]:
+    """Embed with the towers whose embeddings are None. Both crops are cut either way, so both
+    towers' caches hold the same photos in the same order; a cached tower's embeddings made for
+    another list of photos (`cached_paths`) are embedded again, never paired with the wrong photo."""
     import keras
 
     import train.model  # noqa: F401 - registers the custom layers
@@ -95,17 +102,20 @@ def _embed_towers(lfw: Path, resnet_ckpt: Path, faceres: Path | None, crop1: Cro
     from train.import_faceres import embed_crops
     from train.model import embed_for_serving, parts
 
-    one, two = prepare_towers(lfw, DETECTOR, [crop1, FACERES_CROP], cache)
+    one, two = prepare_towers(lfw, DETECTOR, [_resnet_crop(), FACERES_CROP], cache)
     order = sorted(range(len(one)), key=one.paths.__getitem__)  # by path, as the cached runs were
     one, two = one.subset(order), two.subset(order)
+    paths = list(one.paths)
+    if paths != cached_paths:
+        e1 = e2 = None
     if e1 is None:
         embed, _ = parts(keras.models.load_model(resnet_ckpt, compile=False))
         e1 = np.concatenate([
             np.asarray(embed_for_serving(embed, normalise(one.crops[k:k + 256], "resnet")))
-            for k in range(0, len(one.paths), 256)])
+            for k in range(0, len(paths), 256)])
     if faceres is not None and e2 is None:
         e2 = embed_crops(keras.models.load_model(faceres, compile=False), two.crops)
-    return list(one.paths), e1, e2
+    return paths, e1, e2
 
 
 def tower1_logits(e1a: Array, e1b: Array, w: Array, b: float, chunk: int = 64) -> Array:

@@ -7,10 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from accessd.align import CropSpec
-from accessd.provision import sha256_file
-from train.fusion import FACERES_CROP, _cache_file, embed_lfw
-from train.model import ARCHITECTURES
+from train.fusion import cache_files, embed_lfw
 
 PATHS = ["Ann_Smith/Ann_Smith_0001.jpg", "Ann_Smith/Ann_Smith_0002.jpg", "Bo_Li/Bo_Li_0001.jpg"]
 
@@ -26,13 +23,12 @@ def test_each_towers_embeddings_are_read_from_its_own_cache_and_a_new_tower_is_n
     cache.mkdir()
     resnet = _tower_file(tmp_path, "resnet.keras", b"resnet weights")
     faceres = _tower_file(tmp_path, "faceres.keras", b"faceres weights")
-    arch = ARCHITECTURES["resnet"]
-    crop1 = CropSpec(arch.input_size, arch.crop_margin, arch.alignment)
     e1 = np.arange(3 * 4, dtype=np.float32).reshape(3, 4)
     e2 = -np.arange(3 * 5, dtype=np.float32).reshape(3, 5)
-    np.savez(_cache_file(cache, "resnet", f"{sha256_file(resnet)}|{crop1}"), paths=np.array(PATHS), e=e1)
-    np.savez(_cache_file(cache, "faceres", f"{sha256_file(faceres)}|{FACERES_CROP}|mirror"),
-             paths=np.array(PATHS), e=e2)
+    saved1, saved2 = cache_files(cache, resnet, faceres)
+    assert saved2 is not None and saved1 != saved2
+    np.savez(saved1, paths=np.array(PATHS), e=e1)
+    np.savez(saved2, paths=np.array(PATHS), e=e2)
     lfw = tmp_path / "no-lfw-needed"  # a hit embeds nothing, so it never reads a photo
 
     paths, people, got1, got2 = embed_lfw(lfw, resnet, faceres, cache)
